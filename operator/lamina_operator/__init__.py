@@ -1,0 +1,1 @@
+"""Lamina operator: reconciles LLMDeployment resources into vLLM hidden-state servers."""

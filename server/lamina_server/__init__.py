@@ -1,0 +1,1 @@
+"""Lamina server: vLLM with forward hooks that return hidden states over HTTP."""
