@@ -1,0 +1,85 @@
+"""`python -m lamina_operator`: run the operator.
+
+python -m lamina_operator --namespace ml      # one namespace (least privilege)
+python -m lamina_operator --all-namespaces    # cluster-wide
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import kopf
+from prometheus_client import start_http_server
+
+from lamina_operator import handlers
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="lamina-operator", description=__doc__.splitlines()[0])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[n for n in env("LAMINA_NAMESPACES", "").split(",") if n],
+        help="Namespace to watch (repeatable; env LAMINA_NAMESPACES, comma-separated).",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="Watch every namespace.")
+    parser.add_argument(
+        "--liveness",
+        default=env("LAMINA_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        help="kopf's liveness endpoint (empty to disable).",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("LAMINA_METRICS_PORT", "0")),
+        help="Serve Prometheus metrics on this port (0: off).",
+    )
+    parser.add_argument(
+        "--peering",
+        default=env("LAMINA_PEERING", ""),
+        help="kopf peering name: run several replicas with one active (empty: standalone).",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["plain", "json"],
+        default=env("LAMINA_LOG_FORMAT", "plain"),
+        help="Log format.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="Debug logging.")
+    args = parser.parse_args(argv)
+    if not args.all_namespaces and not args.namespace:
+        parser.error("give --namespace NS (repeatable) or --all-namespaces")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    asyncio.run(
+        kopf.operator(
+            registry=kopf.get_default_registry(),
+            clusterwide=args.all_namespaces,
+            namespaces=[] if args.all_namespaces else args.namespace,
+            standalone=not args.peering,
+            peering_name=args.peering or None,
+            liveness_endpoint=args.liveness or None,
+        )
+    )
+
+
+__all__ = ["handlers", "main"]
+
+if __name__ == "__main__":
+    main()

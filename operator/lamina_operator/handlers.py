@@ -1,0 +1,176 @@
+"""Thin kopf handlers. All the work is in `reconcile()`.
+
+Why a daemon per LLMDeployment rather than create/update handlers: kopf's change
+handlers are edge-triggered, but drift (a deleted Service, a hand-edited pod template)
+and an HPA moving replicas must be corrected too. Each daemon runs `reconcile()`
+whenever its object or one of its children changes, and every RESYNC_SECONDS anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from lamina_operator import metrics
+from lamina_operator.kube import Kube, TransientApiError
+from lamina_operator.reconcile import Memory, Observed, reconcile
+from lamina_operator.render import FIELD_MANAGER, Owner
+from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
+
+RESYNC_SECONDS = 300.0
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+MANAGED = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+
+ObjectKey = tuple[str, str]  # namespace, name
+
+
+@dataclass
+class Runtime:
+    """What the handlers share within one operator process."""
+
+    kube: Kube
+    memory: Memory = field(default_factory=Memory)
+    wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, key: ObjectKey) -> None:
+        waker = self.wakers.get(key)
+        if waker is not None:
+            waker.set()
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Framework settings: our own domain for finalizer and bookkeeping annotations."""
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Log lines stay logs; Events are posted on purpose by reconcile().
+    settings.posting.level = logging.WARNING
+    # Reconnect watches well before typical load-balancer idle timeouts.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    memo.runtime = Runtime(kube=await Kube.connect())
+    metrics.register_api_counter(memo.runtime.kube.requests)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.runtime.kube.close()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _observed(body: kopf.Body) -> Observed:
+    meta = body["metadata"]
+    return Observed(
+        owner=Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"]),
+        generation=int(meta.get("generation", 0)),
+        spec=dict(body.get("spec", {})),
+        status=dict(body.get("status", {})),
+    )
+
+
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=10.0)
+async def keep_true(
+    stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Reconcile on every change of the object or its children, and periodically."""
+    runtime: Runtime = memo.runtime
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    waker = runtime.wakers.setdefault(key, asyncio.Event())
+
+    def post_event(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+    delay = BACKOFF_FIRST_SECONDS
+    try:
+        while not stopped:
+            waker.clear()
+            started = time.perf_counter()
+            try:
+                # `body` is kopf's live view: always the latest object seen.
+                await reconcile(runtime.kube, runtime.memory, _observed(body), _now(), post_event)
+                metrics.observe_reconcile("ok", time.perf_counter() - started)
+                wait, delay = RESYNC_SECONDS, BACKOFF_FIRST_SECONDS
+            except TransientApiError as error:
+                metrics.observe_reconcile("retry", time.perf_counter() - started)
+                logger.warning(f"will retry in {delay:.0f}s: {error}")
+                wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    stop = asyncio.ensure_future(stopped.wait())
+                    woken = asyncio.ensure_future(waker.wait())
+                    try:
+                        await asyncio.wait({stop, woken}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop.cancel()
+                        woken.cancel()
+    finally:
+        runtime.wakers.pop(key, None)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def llmdeployment_changed(
+    namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    if namespace and name:
+        memo.runtime.wake((namespace, name))
+
+
+def _owner_name(meta: Mapping[str, Any]) -> str | None:
+    for ref in meta.get("ownerReferences", []):
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{API_GROUP}/"):
+            return str(ref["name"])
+    return None
+
+
+def _child_changed(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+    obj = event["object"]
+    meta = obj.get("metadata", {})
+    owner = _owner_name(meta)
+    if owner is None:
+        return
+    runtime: Runtime = memo.runtime
+    key = (kind, meta["namespace"], meta["name"])
+    if event.get("type") == "DELETED":
+        runtime.memory.cache.gone(key)
+    else:
+        runtime.memory.cache.seen(key, dict(obj))
+    runtime.wake((meta["namespace"], owner))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed("Deployment", event, memo)
+
+
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+def service_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed("Service", event, memo)
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
+def hpa_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed("HorizontalPodAutoscaler", event, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+def pdb_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _child_changed("PodDisruptionBudget", event, memo)

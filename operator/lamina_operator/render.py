@@ -1,0 +1,409 @@
+"""Pure render functions: an LLMDeployment's spec in, its children's manifests out.
+
+No I/O, no clock, no randomness: the same input always renders the same bytes, which
+golden-file tests pin down.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from lamina_operator.spec import API_GROUP, API_VERSION, KIND, LLMDeploymentSpec
+
+Manifest = dict[str, Any]
+
+FIELD_MANAGER = "lamina-operator"
+SERVER_PORT = 8000
+CACHE_DIR = "/cache"
+# Seconds the pod keeps serving after it is told to stop, so endpoints controllers and
+# load balancers stop sending new requests before the server starts draining.
+PRESTOP_SLEEP_SECONDS = 5
+IN_FLIGHT_METRIC = "lamina_requests_in_flight"
+SHM_GIB_PER_TP_RANK = 2
+DEFAULT_CACHE_SIZE = "100Gi"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The LLMDeployment whose children are rendered."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """Labels that select the server pods of one LLMDeployment (immutable once created)."""
+    return {
+        "app.kubernetes.io/name": "lamina-server",
+        "app.kubernetes.io/instance": owner.name,
+    }
+
+
+def standard_labels(owner: Owner) -> dict[str, str]:
+    """The `app.kubernetes.io/*` labels every child carries."""
+    return {
+        **selector_labels(owner),
+        "app.kubernetes.io/component": "server",
+        "app.kubernetes.io/part-of": "lamina",
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+    }
+
+
+def selector_string(owner: Owner) -> str:
+    """The pod selector as the scale subresource and `kubectl get -l` want it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
+
+
+def endpoint(owner: Owner, spec: LLMDeploymentSpec) -> str:
+    """In-cluster URL of the Service."""
+    return f"http://{owner.name}.{owner.namespace}.svc:{spec.service.port}"
+
+
+def _metadata(owner: Owner, annotations: dict[str, str] | None = None) -> Manifest:
+    meta: Manifest = {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": standard_labels(owner),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    if annotations:
+        meta["annotations"] = dict(sorted(annotations.items()))
+    return meta
+
+
+def server_args(spec: LLMDeploymentSpec) -> list[str]:
+    """Command-line arguments of `python -m lamina_server`, derived from the spec.
+
+    `--flag=value` throughout, so negative layer indices are never read as flags.
+    """
+    model, engine, hs = spec.model, spec.engine, spec.hidden_states
+    args = [
+        f"--model={model.name}",
+        f"--served-model-name={model.served_name or model.name}",
+        "--host=0.0.0.0",
+        f"--port={SERVER_PORT}",
+        f"--dtype={model.dtype.value}",
+        f"--tensor-parallel-size={engine.tensor_parallel_size}",
+        f"--pipeline-parallel-size={engine.pipeline_parallel_size}",
+        f"--gpu-memory-utilization={engine.gpu_memory_utilization}",
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
+    ]
+    if model.revision:
+        args.append(f"--revision={model.revision}")
+    if model.quantization:
+        args.append(f"--quantization={model.quantization.value}")
+    if model.max_model_len:
+        args.append(f"--max-model-len={model.max_model_len}")
+    if model.trust_remote_code:
+        args.append("--trust-remote-code")
+    if engine.max_num_seqs:
+        args.append(f"--max-num-seqs={engine.max_num_seqs}")
+    if engine.max_num_batched_tokens:
+        args.append(f"--max-num-batched-tokens={engine.max_num_batched_tokens}")
+    args += [
+        f"--default-layers={','.join(str(n) for n in hs.default_layers)}",
+        f"--default-pooling={hs.default_pooling.value}",
+        f"--max-prompts-per-request={hs.limits.max_prompts_per_request}",
+        f"--max-tokens-per-request={hs.limits.max_tokens_per_request}",
+        f"--max-response-bytes={hs.limits.max_response_bytes}",
+        f"--max-queue-length={hs.limits.max_queue_length}",
+        f"--drain-timeout-seconds={drain_timeout_seconds(spec)}",
+    ]
+    if hs.allowed_layers:
+        args.append(f"--allowed-layers={','.join(str(n) for n in hs.allowed_layers)}")
+    return args + list(engine.extra_args)
+
+
+def drain_timeout_seconds(spec: LLMDeploymentSpec) -> int:
+    """What is left of the grace period after preStop, minus a margin to exit cleanly."""
+    grace = spec.rollout.termination_grace_period_seconds
+    return max(1, grace - PRESTOP_SLEEP_SECONDS - 2)
+
+
+def shm_size(spec: LLMDeploymentSpec) -> str:
+    """/dev/shm for NCCL and vLLM's worker processes: grows with tensor-parallel ranks."""
+    return f"{SHM_GIB_PER_TP_RANK * spec.engine.tensor_parallel_size}Gi"
+
+
+def startup_failure_threshold(spec: LLMDeploymentSpec) -> int:
+    """Probes the startup budget allows: model download and load must fit in it."""
+    return math.ceil(spec.probes.startup_timeout_seconds / spec.probes.period_seconds)
+
+
+def _env(spec: LLMDeploymentSpec) -> list[Manifest]:
+    plain = {
+        "HF_HOME": f"{CACHE_DIR}/huggingface",
+        "HOME": "/tmp",
+        "VLLM_CACHE_ROOT": f"{CACHE_DIR}/vllm",
+        "XDG_CACHE_HOME": CACHE_DIR,
+    }
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
+    secret_env = {"HF_TOKEN": spec.secrets.hf_token, "LAMINA_API_KEY": spec.secrets.api_key}
+    for name, ref in sorted(secret_env.items()):
+        if ref is not None:
+            env.append(
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            )
+    return env
+
+
+def _resources(spec: LLMDeploymentSpec) -> Manifest:
+    res = spec.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    for target, source in ((requests, res.requests), (limits, res.limits)):
+        if source.cpu is not None:
+            target["cpu"] = str(source.cpu)
+        if source.memory is not None:
+            target["memory"] = source.memory
+    if spec.gpus_per_pod:
+        # Extended resources must be requested in limits; requests must equal them.
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(spec.gpus_per_pod)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int = 5) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _volumes(spec: LLMDeploymentSpec) -> list[Manifest]:
+    cache = spec.model_cache
+    cache_volume: Manifest
+    if cache.persistent_volume_claim:
+        cache_volume = {"persistentVolumeClaim": {"claimName": cache.persistent_volume_claim}}
+    else:
+        cache_volume = {"emptyDir": {"sizeLimit": cache.empty_dir_size_limit or DEFAULT_CACHE_SIZE}}
+    return [
+        {"name": "model-cache", **cache_volume},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(spec)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def _pod_spec(spec: LLMDeploymentSpec) -> Manifest:
+    period = spec.probes.period_seconds
+    container: Manifest = {
+        "name": "server",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy.value,
+        "args": server_args(spec),
+        "env": _env(spec),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "resources": _resources(spec),
+        # Startup: model download + load; readiness: loaded, warm and not draining;
+        # liveness: the engine is alive (checked only once started).
+        "startupProbe": _http_probe("/readyz", period, startup_failure_threshold(spec)),
+        "readinessProbe": _http_probe("/readyz", 5, 1),
+        "livenessProbe": _http_probe("/healthz", 10, 3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            # vLLM, torch and triton write caches in places we do not all control.
+            "readOnlyRootFilesystem": False,
+        },
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": CACHE_DIR},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    sched = spec.scheduling
+    pod: Manifest = {
+        "containers": [container],
+        "terminationGracePeriodSeconds": spec.rollout.termination_grace_period_seconds,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": _volumes(spec),
+    }
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sorted(sched.node_selector.items()))
+    if sched.tolerations:
+        pod["tolerations"] = list(sched.tolerations)
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    if sched.runtime_class_name:
+        pod["runtimeClassName"] = sched.runtime_class_name
+    return pod
+
+
+def desired_replicas(spec: LLMDeploymentSpec) -> int:
+    """Pods the Deployment should run. With autoscaling on the HPA writes spec.replicas
+    through the LLMDeployment's scale subresource, so this is still the one source."""
+    return 0 if spec.suspend else spec.replicas
+
+
+def render_deployment(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
+    """The server Deployment."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner),
+        "spec": {
+            "replicas": desired_replicas(spec),
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.rollout.max_surge,
+                    "maxUnavailable": spec.rollout.max_unavailable,
+                },
+            },
+            "template": {
+                "metadata": {
+                    "labels": standard_labels(owner),
+                    "annotations": {
+                        "prometheus.io/path": "/metrics",
+                        "prometheus.io/port": str(SERVER_PORT),
+                        "prometheus.io/scrape": "true",
+                    },
+                },
+                "spec": _pod_spec(spec),
+            },
+        },
+    }
+
+
+def render_service(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
+    """The Service in front of the server pods, port named `http`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, spec.service.annotations),
+        "spec": {
+            "type": spec.service.type.value,
+            "selector": selector_labels(owner),
+            "ports": [
+                {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def _scaling_rules(window: int, pods_per_minute: int | None) -> Manifest:
+    rules: Manifest = {"stabilizationWindowSeconds": window}
+    if pods_per_minute is not None:
+        rules["policies"] = [{"type": "Pods", "value": pods_per_minute, "periodSeconds": 60}]
+    return rules
+
+
+def render_hpa(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
+    """The HPA. It scales the LLMDeployment itself (scale subresource), never the
+    Deployment, so the operator and the HPA never both write one replica count."""
+    auto = spec.autoscaling
+    metrics: list[Manifest] = [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": IN_FLIGHT_METRIC},
+                "target": {"type": "AverageValue", "averageValue": auto.target_in_flight_requests},
+            },
+        }
+    ]
+    if auto.target_cpu_utilization_percentage is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": auto.target_cpu_utilization_percentage,
+                    },
+                },
+            }
+        )
+    up, down = auto.behavior.scale_up, auto.behavior.scale_down
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+            },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": metrics,
+            "behavior": {
+                "scaleUp": _scaling_rules(up.stabilization_window_seconds, up.max_pods_per_minute),
+                "scaleDown": _scaling_rules(
+                    down.stabilization_window_seconds, down.max_pods_per_minute
+                ),
+            },
+        },
+    }
+
+
+def wants_pdb(spec: LLMDeploymentSpec) -> bool:
+    """A PodDisruptionBudget only makes sense when more than one pod can exist."""
+    most = spec.autoscaling.max_replicas if spec.autoscaling.enabled else spec.replicas
+    return spec.disruption_budget.enabled and most > 1
+
+
+def render_pdb(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
+    """The PodDisruptionBudget: by default at most one pod down at a time."""
+    budget = spec.disruption_budget
+    limit: Manifest
+    if budget.min_available is not None:
+        limit = {"minAvailable": budget.min_available}
+    else:
+        limit = {"maxUnavailable": 1 if budget.max_unavailable is None else budget.max_unavailable}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner),
+        "spec": {"selector": {"matchLabels": selector_labels(owner)}, **limit},
+    }
+
+
+# Kinds the operator creates, in apply order; those that may be absent are pruned.
+CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+
+
+def render_children(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Manifest]:
+    """Every child the spec wants, by kind. Kinds missing here are to be pruned."""
+    children = {
+        "Deployment": render_deployment(owner, spec),
+        "Service": render_service(owner, spec),
+    }
+    if spec.autoscaling.enabled:
+        children["HorizontalPodAutoscaler"] = render_hpa(owner, spec)
+    if wants_pdb(spec):
+        children["PodDisruptionBudget"] = render_pdb(owner, spec)
+    return children

@@ -1,0 +1,602 @@
+"""The typed LLMDeployment API: the one source of truth the CRD schema is generated from.
+
+Field descriptions become `kubectl explain` text; `cel` rules become CRD
+`x-kubernetes-validations` and are mirrored by pydantic validators so the typed
+model rejects exactly what admission rejects.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "lamina.dev"
+API_VERSION = "v1alpha1"
+KIND = "LLMDeployment"
+PLURAL = "llmdeployments"
+SINGULAR = "llmdeployment"
+SHORT_NAMES = ["llmd"]
+CATEGORIES = ["lamina"]
+
+# An int (4) or a string ("25%", "500m", "16Gi"), as Kubernetes' IntOrString.
+IntOrString = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    """One CRD validation rule, kept next to the pydantic check that mirrors it."""
+    return {"rule": rule, "message": message}
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Quantization(StrEnum):
+    AWQ = "awq"
+    GPTQ = "gptq"
+    FP8 = "fp8"
+    BITSANDBYTES = "bitsandbytes"
+    COMPRESSED_TENSORS = "compressed-tensors"
+
+
+class Pooling(StrEnum):
+    LAST = "last"
+    MEAN = "mean"
+    ALL = "all"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class ModelSpec(ApiModel):
+    """Which model the servers load and how vLLM reads it."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Hugging Face model id (e.g. meta-llama/Llama-3.1-8B-Instruct) or a local "
+        "path inside the container (e.g. /models/my-model).",
+    )
+    revision: str | None = Field(
+        default=None, max_length=128, description="Model revision: branch, tag or commit."
+    )
+    served_name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Name clients use in the OpenAI `model` field. Defaults to `name`.",
+    )
+    dtype: Dtype = Field(default=Dtype.AUTO, description="Weights and activations data type.")
+    quantization: Quantization | None = Field(
+        default=None, description="Quantization method of the checkpoint, if any."
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="Context length in tokens. Defaults to the model's own.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the model repository's own Python code to run."
+    )
+    num_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Number of decoder layers, when the operator cannot know it (it knows "
+        "common models). Used to reject layer indices beyond the model before any pod starts.",
+    )
+    hidden_size: int | None = Field(
+        default=None, ge=1, description="Hidden size of the model, reported in status."
+    )
+
+
+class EngineSpec(ApiModel):
+    """vLLM engine settings."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.tensorParallelSize * self.pipelineParallelSize <= 64",
+                    "tensorParallelSize × pipelineParallelSize must be at most 64 GPUs",
+                )
+            ]
+        }
+    )
+
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=64, description="GPUs one model copy is split across (per node)."
+    )
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, le=16, description="Pipeline stages; GPUs per pod = tensor × pipeline."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of each GPU's memory vLLM may use (0 < x ≤ 1).",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse KV cache of shared prompt prefixes."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=65536, description="Most sequences in one engine step."
+    )
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=16, description="Most tokens in one engine step (chunked-prefill budget)."
+    )
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Further vLLM command-line arguments, appended verbatim.",
+    )
+
+    @model_validator(mode="after")
+    def _gpus_bounded(self) -> EngineSpec:
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 64:
+            raise ValueError("tensorParallelSize × pipelineParallelSize must be at most 64 GPUs")
+        return self
+
+
+class HiddenStateLimits(ApiModel):
+    """Per-request limits of the server, checked before any work is done."""
+
+    max_prompts_per_request: int = Field(
+        default=64, ge=1, le=100000, description="Most prompts in one request."
+    )
+    max_tokens_per_request: int = Field(
+        default=16384, ge=1, description="Most prompt tokens in one request, all prompts together."
+    )
+    max_response_bytes: int = Field(
+        default=268435456,
+        ge=1024,
+        description="Most bytes of hidden states in one answer "
+        "(tokens × layers × hidden size × bytes per value).",
+    )
+    max_queue_length: int = Field(
+        default=256, ge=1, description="Requests waiting beyond this get 429 with Retry-After."
+    )
+
+
+class HiddenStatesSpec(ApiModel):
+    """What `/v1/hidden_states` returns by default and what it allows."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.allowedLayers) || size(self.allowedLayers) == 0 || "
+                    "self.defaultLayers.all(l, l in self.allowedLayers)",
+                    "every entry of defaultLayers must also be in allowedLayers",
+                )
+            ]
+        }
+    )
+
+    default_layers: list[int] = Field(
+        default_factory=lambda: [-2],
+        json_schema_extra={"default": [-2]},
+        min_length=1,
+        max_length=256,
+        description="Layers returned when a request names none. Layer i is the residual "
+        "stream after decoder layer i; negative indices count from the end (-1 is the last "
+        "layer, before the final norm).",
+    )
+    allowed_layers: list[int] | None = Field(
+        default=None,
+        max_length=1024,
+        description="If set, the only layers requests may ask for. Unset or empty: all.",
+    )
+    default_pooling: Pooling = Field(
+        default=Pooling.LAST,
+        description="How token vectors are reduced when a request does not say: the last "
+        "token, the mean over tokens, or all tokens.",
+    )
+    limits: HiddenStateLimits = Field(
+        default_factory=HiddenStateLimits, description="Per-request limits."
+    )
+
+    @model_validator(mode="after")
+    def _defaults_allowed(self) -> HiddenStatesSpec:
+        if self.allowed_layers and not set(self.default_layers) <= set(self.allowed_layers):
+            raise ValueError("every entry of defaultLayers must also be in allowedLayers")
+        return self
+
+
+class ScalingRules(ApiModel):
+    """How fast the autoscaler may move in one direction."""
+
+    stabilization_window_seconds: int = Field(
+        ge=0,
+        le=3600,
+        description="The autoscaler acts on the most conservative recommendation of this window.",
+    )
+    max_pods_per_minute: int | None = Field(
+        default=None, ge=1, description="At most this many pods added or removed per minute."
+    )
+
+
+class AutoscalingBehavior(ApiModel):
+    """Scale-up and scale-down behaviour of the HorizontalPodAutoscaler."""
+
+    scale_up: ScalingRules = Field(
+        default_factory=lambda: ScalingRules(stabilization_window_seconds=0),
+        json_schema_extra={"default": {"stabilizationWindowSeconds": 0}},
+        description="Scale-up rules. Default: act at once.",
+    )
+    scale_down: ScalingRules = Field(
+        default_factory=lambda: ScalingRules(stabilization_window_seconds=300),
+        json_schema_extra={"default": {"stabilizationWindowSeconds": 300}},
+        description="Scale-down rules. Default: wait 5 minutes (model loads are expensive).",
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Scale the servers on their own in-flight requests (via prometheus-adapter)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                )
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=False, description="Create a HorizontalPodAutoscaler.")
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas.")
+    target_in_flight_requests: Quantity = Field(
+        default="8",
+        description="Average `lamina_requests_in_flight` per pod the autoscaler aims for.",
+    )
+    target_cpu_utilization_percentage: int | None = Field(
+        default=None,
+        alias="targetCPUUtilizationPercentage",
+        ge=1,
+        le=1000,
+        description="Also scale on CPU utilisation of the pods (a fallback signal).",
+    )
+    behavior: AutoscalingBehavior = Field(
+        default_factory=AutoscalingBehavior, description="Scale-up and scale-down behaviour."
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        return self
+
+
+class ComputeResources(ApiModel):
+    """CPU and memory of the server container."""
+
+    cpu: IntOrString | None = Field(default=None, description="CPU, e.g. 8 or 7500m.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 64Gi.")
+
+
+class ResourcesSpec(ApiModel):
+    """What each server pod asks for."""
+
+    use_gpu: bool = Field(
+        default=True,
+        alias="useGPU",
+        description="Request GPUs (tensorParallelSize × pipelineParallelSize per pod). "
+        "false runs on CPU only.",
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        pattern=r"^([a-z0-9.-]+/)?[a-zA-Z0-9._-]+$",
+        max_length=253,
+        description="Extended resource name of the GPUs (nvidia.com/gpu, amd.com/gpu, ...).",
+    )
+    requests: ComputeResources = Field(
+        default_factory=ComputeResources, description="CPU and memory requests."
+    )
+    limits: ComputeResources = Field(
+        default_factory=ComputeResources, description="CPU and memory limits."
+    )
+
+
+class ModelCacheSpec(ApiModel):
+    """Where model weights are cached (mounted at /cache)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.persistentVolumeClaim) && has(self.emptyDirSizeLimit))",
+                    "modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both",
+                )
+            ]
+        }
+    )
+
+    persistent_volume_claim: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of an existing PersistentVolumeClaim to cache models in.",
+    )
+    empty_dir_size_limit: Quantity | None = Field(
+        default=None,
+        description="Size limit of the emptyDir cache used when no claim is named (default 100Gi).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelCacheSpec:
+        if self.persistent_volume_claim is not None and self.empty_dir_size_limit is not None:
+            raise ValueError("modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both")
+        return self
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret of the same namespace; its value never enters the spec."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class SecretsSpec(ApiModel):
+    """Secrets, by reference only."""
+
+    hf_token: SecretKeyRef | None = Field(
+        default=None, description="Hugging Face token for gated models (env HF_TOKEN)."
+    )
+    api_key: SecretKeyRef | None = Field(
+        default=None,
+        description="Bearer key clients must send (env LAMINA_API_KEY). Health and metrics "
+        "stay open.",
+    )
+
+
+class SchedulingSpec(ApiModel):
+    """Where server pods may run."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels to match.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod tolerations (core/v1 Toleration).",
+        json_schema_extra={
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod affinity (core/v1 Affinity).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pods."
+    )
+    runtime_class_name: str | None = Field(
+        default=None, max_length=253, description="RuntimeClass of the pods (e.g. nvidia)."
+    )
+
+
+class ServiceSpec(ApiModel):
+    """The Service in front of the servers."""
+
+    type: ServiceType = Field(default=ServiceType.CLUSTER_IP, description="Service type.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Service port (named http).")
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of the Service."
+    )
+
+
+class ProbesSpec(ApiModel):
+    """Health checking of the server pods."""
+
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description="How long a pod may take to download and load the model before it is "
+        "restarted.",
+    )
+    period_seconds: int = Field(default=10, ge=1, le=300, description="Seconds between probes.")
+
+
+class RolloutSpec(ApiModel):
+    """Rolling update of the Deployment."""
+
+    max_surge: IntOrString = Field(
+        default=0,
+        description="Extra pods during a rollout (0 avoids needing spare GPUs).",
+    )
+    max_unavailable: IntOrString = Field(
+        default=1, description="Pods that may be down during a rollout."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Time a stopping pod has to finish in-flight requests.",
+    )
+
+
+class DisruptionBudgetSpec(ApiModel):
+    """PodDisruptionBudget, created when more than one replica can exist."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.minAvailable) && has(self.maxUnavailable))",
+                    "disruptionBudget: set minAvailable or maxUnavailable, not both",
+                )
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=True, description="Create a PodDisruptionBudget.")
+    min_available: IntOrString | None = Field(
+        default=None, description="Pods that must stay up during voluntary disruptions."
+    )
+    max_unavailable: IntOrString | None = Field(
+        default=None, description="Pods that may be down (default 1 when neither is set)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DisruptionBudgetSpec:
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise ValueError("disruptionBudget: set minAvailable or maxUnavailable, not both")
+        return self
+
+
+DEFAULT_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0"
+
+
+class LLMDeploymentSpec(ApiModel):
+    """Desired state of one hidden-state server deployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.resources.useGPU || (self.engine.tensorParallelSize == 1 && "
+                    "self.engine.pipelineParallelSize == 1)",
+                    "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true",
+                )
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="The model to serve.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
+    hidden_states: HiddenStatesSpec = Field(
+        default_factory=HiddenStatesSpec, description="Hidden-state API defaults and limits."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Server pods. Written by the autoscaler when autoscaling is enabled "
+        "(through the scale subresource, so `kubectl scale` works too).",
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Autoscaling on in-flight requests."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="GPU, CPU and memory per pod."
+    )
+    image: str = Field(
+        default=DEFAULT_IMAGE, min_length=1, max_length=1024, description="Server image."
+    )
+    image_pull_policy: PullPolicy = Field(
+        default=PullPolicy.IF_NOT_PRESENT, description="Image pull policy."
+    )
+    model_cache: ModelCacheSpec = Field(
+        default_factory=ModelCacheSpec, description="Model weight cache volume."
+    )
+    secrets: SecretsSpec = Field(default_factory=SecretsSpec, description="Secret references.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Node selection and placement."
+    )
+    service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Service.")
+    probes: ProbesSpec = Field(default_factory=ProbesSpec, description="Probe timings.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout strategy.")
+    disruption_budget: DisruptionBudgetSpec = Field(
+        default_factory=DisruptionBudgetSpec, description="PodDisruptionBudget."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Scale to zero pods and keep everything else (Service, HPA, settings).",
+    )
+
+    @model_validator(mode="after")
+    def _parallelism_needs_gpus(self) -> LLMDeploymentSpec:
+        parallel = self.engine.tensor_parallel_size * self.engine.pipeline_parallel_size
+        if not self.resources.use_gpu and parallel > 1:
+            raise ValueError(
+                "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true"
+            )
+        return self
+
+    @property
+    def gpus_per_pod(self) -> int:
+        """GPUs each pod requests: one per tensor-parallel rank and pipeline stage."""
+        if not self.resources.use_gpu:
+            return 0
+        return self.engine.tensor_parallel_size * self.engine.pipeline_parallel_size
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word for machines.")
+    message: str = Field(description="A sentence for people.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int = Field(description="The generation this condition is about.")
+
+
+class ModelFacts(ApiModel):
+    """What is known about the model's shape."""
+
+    num_layers: int | None = Field(default=None, description="Decoder layers.")
+    hidden_size: int | None = Field(default=None, description="Hidden size.")
+    source: str | None = Field(default=None, description="Where these facts come from.")
+
+
+class LLMDeploymentStatus(ApiModel):
+    """Observed state, written by the operator only when it changes."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    replicas: int = Field(default=0, description="Server pods that exist.")
+    ready_replicas: int = Field(default=0, description="Server pods that are ready.")
+    ready: str | None = Field(default=None, description="Ready/desired pods, e.g. 2/3.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the pods (for the scale subresource)."
+    )
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the Service.")
+    model: ModelFacts | None = Field(default=None, description="Model facts when known.")
+
+
+class LLMDeployment(ApiModel):
+    """An LLM served by vLLM with its hidden states exposed over HTTP."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "size(self.metadata.name) <= 52",
+                    "metadata.name must be at most 52 characters (child names and labels "
+                    "derive from it)",
+                )
+            ]
+        }
+    )
+
+    spec: LLMDeploymentSpec = Field(description="Desired state.")
+    status: LLMDeploymentStatus | None = Field(default=None, description="Observed state.")

@@ -1,0 +1,154 @@
+"""Compute an LLMDeployment's status from what is observed. Pure: the clock is an argument."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lamina_operator.render import Manifest, Owner, desired_replicas, endpoint, selector_string
+from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The three conditions' status, reason and message in one place."""
+
+    ready: tuple[bool, str, str]
+    progressing: tuple[bool, str, str]
+    degraded: tuple[bool, str, str]
+
+
+def set_condition(
+    previous: Sequence[Mapping[str, Any]],
+    kind: str,
+    true: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> Manifest:
+    """A condition that keeps its lastTransitionTime unless its status flips."""
+    status = "True" if true else "False"
+    before = next((c for c in previous if c.get("type") == kind), None)
+    changed = before is None or before.get("status") != status
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed or before is None else before["lastTransitionTime"],
+        "observedGeneration": generation,
+    }
+
+
+def _deployment_condition(deployment: Manifest, kind: str) -> Mapping[str, Any] | None:
+    conditions = deployment.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c.get("type") == kind), None)
+
+
+def judge(spec: LLMDeploymentSpec, owner: Owner, deployment: Manifest | None) -> Verdict:
+    """Ready/Progressing/Degraded of a valid spec given the observed Deployment."""
+    healthy = (False, "AsExpected", "no problems seen")
+    if deployment is None:
+        creating = "creating the server Deployment"
+        return Verdict((False, "Creating", creating), (True, "Creating", creating), healthy)
+
+    desired = desired_replicas(spec)
+    observed = deployment.get("status", {})
+    ready = observed.get("readyReplicas", 0)
+    generation_seen = observed.get("observedGeneration", 0) >= deployment["metadata"].get(
+        "generation", 0
+    )
+    rolled_out = (
+        generation_seen
+        and observed.get("updatedReplicas", 0) >= desired
+        and observed.get("replicas", 0) == desired
+    )
+
+    degraded = healthy
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    progress = _deployment_condition(deployment, "Progressing")
+    if failure is not None and failure.get("status") == "True":
+        degraded = (True, "ReplicaFailure", str(failure.get("message", "pods cannot be created")))
+    elif progress is not None and progress.get("reason") == "ProgressDeadlineExceeded":
+        degraded = (True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+
+    counts = f"{ready}/{desired} replicas ready"
+    if spec.suspend:
+        done = observed.get("replicas", 0) == 0
+        return Verdict(
+            (False, "Suspended", "suspended: scaled to zero, everything else kept"),
+            (not done, "Suspending" if not done else "Suspended", counts),
+            degraded,
+        )
+    if desired == 0:
+        return Verdict(
+            (False, "ScaledToZero", "spec.replicas is 0"),
+            (not rolled_out, "ScalingDown" if not rolled_out else "ScaledToZero", counts),
+            degraded,
+        )
+    if rolled_out and ready >= desired:
+        return Verdict(
+            (True, "AllReplicasReady", f"{counts}, serving at {endpoint(owner, spec)}"),
+            (False, "RolloutComplete", counts),
+            degraded,
+        )
+    reason = "RollingOut" if not rolled_out else "WaitingForReplicas"
+    return Verdict((False, reason, counts), (True, reason, counts), degraded)
+
+
+def invalid_verdict(message: str) -> Verdict:
+    """The verdict for a spec that cannot be served as written."""
+    return Verdict(
+        (False, "InvalidSpec", message),
+        (False, "InvalidSpec", "waiting for the spec to be fixed"),
+        (True, "InvalidSpec", message),
+    )
+
+
+def compute_status(
+    *,
+    owner: Owner,
+    generation: int,
+    verdict: Verdict,
+    spec: LLMDeploymentSpec | None,
+    facts: ModelFacts | None,
+    deployment: Manifest | None,
+    previous: Mapping[str, Any],
+    now: str,
+) -> Manifest:
+    """The full status object (camelCase), ready to compare with the stored one."""
+    before = previous.get("conditions", [])
+    conditions = [
+        set_condition(before, kind, *parts, generation=generation, now=now)
+        for kind, parts in (
+            (READY, verdict.ready),
+            (PROGRESSING, verdict.progressing),
+            (DEGRADED, verdict.degraded),
+        )
+    ]
+    observed = (deployment or {}).get("status", {})
+    ready = observed.get("readyReplicas", 0)
+    status: Manifest = {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "replicas": observed.get("replicas", 0),
+        "readyReplicas": ready,
+        "selector": selector_string(owner),
+    }
+    if spec is not None:
+        status["ready"] = f"{ready}/{desired_replicas(spec)}"
+        status["endpoint"] = endpoint(owner, spec)
+    if facts is not None:
+        status["model"] = facts.model_dump(by_alias=True, exclude_none=True)
+    return status
+
+
+def status_patch(previous: Mapping[str, Any], status: Manifest) -> Manifest | None:
+    """A merge patch turning `previous` into `status`, or None when nothing changed."""
+    if all(previous.get(k) == v for k, v in status.items()) and set(previous) <= set(status):
+        return None
+    return {**{k: None for k in previous if k not in status}, **status}
