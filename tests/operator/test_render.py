@@ -1,0 +1,164 @@
+"""Golden-file tests of every render function, plus the numbers a user cares about."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lamina_operator.render import (
+    Owner,
+    render_children,
+    render_deployment,
+    render_hpa,
+    render_pdb,
+    render_service,
+    server_args,
+)
+from lamina_operator.spec import LLMDeploymentSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+OWNER = Owner(name="llama", namespace="ml", uid="0c5e6a1e-0000-4000-8000-000000000001")
+
+SPECS: dict[str, dict[str, Any]] = {
+    "minimal": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}},
+    "tp4-autoscaled": {
+        "model": {"name": "meta-llama/Llama-3.1-70B-Instruct", "dtype": "bfloat16"},
+        "engine": {"tensorParallelSize": 4, "maxNumBatchedTokens": 8192},
+        "hiddenStates": {"defaultLayers": [-2, 40], "defaultPooling": "mean"},
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 2,
+            "maxReplicas": 6,
+            "targetInFlightRequests": "16",
+            "targetCPUUtilizationPercentage": 80,
+            "behavior": {"scaleUp": {"stabilizationWindowSeconds": 30, "maxPodsPerMinute": 2}},
+        },
+        "secrets": {
+            "hfToken": {"name": "hf", "key": "token"},
+            "apiKey": {"name": "lamina-key", "key": "key"},
+        },
+        "scheduling": {
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "priorityClassName": "inference",
+            "runtimeClassName": "nvidia",
+        },
+        "modelCache": {"persistentVolumeClaim": "model-cache"},
+        "probes": {"startupTimeoutSeconds": 3600, "periodSeconds": 15},
+        "service": {"annotations": {"example.com/team": "research"}},
+    },
+    "cpu-pipeline-off": {
+        "model": {"name": "/models/tiny", "dtype": "float32", "maxModelLen": 512},
+        "resources": {"useGPU": False, "requests": {"cpu": 2, "memory": "4Gi"}},
+        "engine": {"enablePrefixCaching": False, "extraArgs": ["--seed=1"]},
+        "replicas": 3,
+        "disruptionBudget": {"minAvailable": 2},
+        "suspend": True,
+    },
+}
+
+
+def _spec(name: str) -> LLMDeploymentSpec:
+    return LLMDeploymentSpec.model_validate(SPECS[name])
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_children_match_golden_files(name: str) -> None:
+    rendered = yaml.safe_dump_all(
+        list(render_children(OWNER, _spec(name)).values()), sort_keys=False
+    )
+    golden = GOLDEN / f"{name}.yaml"
+    if os.environ.get("LAMINA_UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert rendered == golden.read_text(), "re-run with LAMINA_UPDATE_GOLDEN=1 to accept"
+
+
+def test_rendering_is_deterministic() -> None:
+    spec = _spec("tp4-autoscaled")
+    assert render_children(OWNER, spec) == render_children(OWNER, spec)
+
+
+def _container(spec: LLMDeploymentSpec) -> dict[str, Any]:
+    container: dict[str, Any] = render_deployment(OWNER, spec)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return container
+
+
+def test_gpu_count_follows_tensor_and_pipeline_parallel_sizes() -> None:
+    spec = LLMDeploymentSpec.model_validate(
+        {"model": {"name": "m"}, "engine": {"tensorParallelSize": 4, "pipelineParallelSize": 2}}
+    )
+    resources = _container(spec)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "8"
+    assert resources["requests"]["nvidia.com/gpu"] == "8"
+
+
+def test_cpu_only_requests_no_gpu() -> None:
+    assert "nvidia.com/gpu" not in str(_container(_spec("cpu-pipeline-off"))["resources"])
+
+
+def test_shm_grows_with_tensor_parallel_size() -> None:
+    def shm(tp: int) -> str:
+        spec = LLMDeploymentSpec.model_validate(
+            {"model": {"name": "m"}, "engine": {"tensorParallelSize": tp}}
+        )
+        volumes = render_deployment(OWNER, spec)["spec"]["template"]["spec"]["volumes"]
+        (volume,) = [v for v in volumes if v["name"] == "shm"]
+        assert volume["emptyDir"]["medium"] == "Memory"
+        return str(volume["emptyDir"]["sizeLimit"])
+
+    assert (shm(1), shm(4), shm(8)) == ("2Gi", "8Gi", "16Gi")
+
+
+def test_startup_probe_covers_the_model_load_budget() -> None:
+    probe = _container(_spec("tp4-autoscaled"))["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 3600
+    assert probe["httpGet"]["path"] == "/readyz"
+    assert _container(_spec("minimal"))["startupProbe"]["failureThreshold"] == 180
+
+
+def test_secrets_are_references_only() -> None:
+    env = {e["name"]: e for e in _container(_spec("tp4-autoscaled"))["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert env["LAMINA_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "lamina-key"
+
+
+def test_negative_layers_are_not_mistaken_for_flags() -> None:
+    args = server_args(_spec("tp4-autoscaled"))
+    assert "--default-layers=-2,40" in args
+    assert "--default-pooling=mean" in args
+
+
+def test_suspend_scales_to_zero_and_keeps_other_children() -> None:
+    children = render_children(OWNER, _spec("cpu-pipeline-off"))
+    assert children["Deployment"]["spec"]["replicas"] == 0
+    assert set(children) == {"Deployment", "Service", "PodDisruptionBudget"}
+
+
+def test_hpa_scales_the_llmdeployment_not_the_deployment() -> None:
+    hpa = render_hpa(OWNER, _spec("tp4-autoscaled"))
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "LLMDeployment"
+    pods_metric = hpa["spec"]["metrics"][0]["pods"]
+    assert pods_metric["metric"]["name"] == "lamina_requests_in_flight"
+    assert pods_metric["target"]["averageValue"] == "16"
+
+
+def test_pdb_only_when_more_than_one_pod_can_exist() -> None:
+    assert "PodDisruptionBudget" not in render_children(OWNER, _spec("minimal"))
+    assert render_pdb(OWNER, _spec("cpu-pipeline-off"))["spec"]["minAvailable"] == 2
+
+
+def test_every_child_is_owned_and_labelled() -> None:
+    spec = _spec("tp4-autoscaled")
+    for child in (render_deployment, render_service, render_hpa, render_pdb):
+        meta = child(OWNER, spec)["metadata"]
+        (ref,) = meta["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == ("LLMDeployment", OWNER.uid, True)
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "lamina-operator"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "llama"
