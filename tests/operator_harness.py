@@ -1,14 +1,16 @@
-"""Run the operator as a real process in tests, and read its Prometheus metrics."""
+"""Run the operator as a real process (tests, benchmarks) and read its Prometheus metrics."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kube_cluster import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -16,6 +18,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -46,6 +56,34 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def start_operator(namespace: str, env: Mapping[str, str], log: Path) -> OperatorProcess:
+    """`python -m lamina_operator --namespace NS`, returned once its liveness answers."""
+    liveness, metrics = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lamina_operator",
+            "--namespace",
+            namespace,
+            "--liveness",
+            f"http://127.0.0.1:{liveness}/healthz",
+            "--metrics-port",
+            str(metrics),
+        ],
+        env=dict(env),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def alive() -> bool:
+        assert process.poll() is None, f"operator exited:\n{log.read_text()}"
+        return _answers(f"http://127.0.0.1:{liveness}/healthz")
+
+    wait_until(alive, timeout=60, what="operator liveness endpoint")
+    return OperatorProcess(process, metrics, log)
 
 
 StartOperator = Callable[[str], OperatorProcess]

@@ -7,15 +7,12 @@ real process; stopped (after its LLMDeployments are deleted) at the end of the t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_cluster import REPO, Cluster, wait_until
-from operator_harness import OperatorProcess, StartOperator, free_port
+from kube_cluster import REPO, Cluster
+from operator_harness import OperatorProcess, StartOperator, start_operator
 
 CRD_FILE = REPO / "crds" / "lamina.dev_llmdeployments.yaml"
 
@@ -33,36 +30,9 @@ def run_operator(cluster: Cluster, crd: None, tmp_path: Path) -> Iterator[StartO
     started: list[tuple[str, OperatorProcess]] = []
 
     def start(namespace: str) -> OperatorProcess:
-        liveness, metrics = free_port(), free_port()
         log = tmp_path / f"operator-{len(started)}.log"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lamina_operator",
-                "--namespace",
-                namespace,
-                "--liveness",
-                f"http://127.0.0.1:{liveness}/healthz",
-                "--metrics-port",
-                str(metrics),
-            ],
-            env=cluster.env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        operator = OperatorProcess(process, metrics, log)
+        operator = start_operator(namespace, cluster.env, log)
         started.append((namespace, operator))
-
-        def alive() -> bool:
-            assert process.poll() is None, f"operator exited:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(alive, timeout=60, what="operator liveness endpoint")
         return operator
 
     yield start
