@@ -1,0 +1,298 @@
+"""HTTP layer: Lamina's routes and one ASGI middleware (auth, admission, metrics).
+
+Pure FastAPI/Starlette: the routes reach the engine only through
+:class:`~lamina_server.service.HiddenStateService`. :func:`install` adds them to
+vLLM's own OpenAI app (replacing vLLM's ``/health`` and ``/v1/embeddings``);
+:func:`create_app` builds a stand-alone app (unit tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .config import LaminaSettings
+from .errors import ErrorType, LaminaError, error_body
+from .limits import Admission
+from .metrics import Metrics, route_label
+from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest
+from .service import HiddenStateService, ModelFacts
+
+log = logging.getLogger("lamina_server")
+
+OPEN_PATHS = frozenset({"/health", "/healthz", "/readyz", "/metrics", "/metrics/"})
+OCTET_STREAM = "application/octet-stream"
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class ServerState:
+    """Everything the routes and the middleware share."""
+
+    settings: LaminaSettings
+    metrics: Metrics
+    admission: Admission
+    service: HiddenStateService | None = None
+    ready: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def facts(self) -> ModelFacts | None:
+        return self.service.facts if self.service else None
+
+
+def error_response(err: LaminaError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+def validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors(include_url=False)[:5]:
+        loc = ".".join(str(x) for x in e["loc"]) or "body"
+        parts.append(f"{loc}: {e['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """``body`` as ``model``; malformed JSON, wrong types and unknown fields are 422."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise LaminaError(ErrorType.INVALID_REQUEST, validation_message(e)) from None
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work``; cancel it (and so abort the engine's requests) if the client goes.
+
+    The body must have been read already: this consumes the request's messages.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            log.info("client disconnected; aborted its work")
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+def _service(state: ServerState) -> HiddenStateService:
+    if state.service is None or not state.ready:
+        raise LaminaError(ErrorType.DRAINING, "model is still loading")
+    return state.service
+
+
+def build_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+
+    async def guarded(call: Callable[[], Awaitable[Response]]) -> Response:
+        try:
+            return await call()
+        except LaminaError as e:
+            return error_response(e)
+        except Exception as e:  # engine failure: one envelope, logged with its cause
+            log.exception("engine error")
+            return error_response(LaminaError(ErrorType.ENGINE, f"engine error: {e}"))
+
+    @router.post(
+        "/v1/hidden_states",
+        responses={413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
+        summary="Hidden states (residual stream) of chosen layers for given prompts",
+    )
+    async def hidden_states(request: Request) -> Response:
+        async def handle() -> Response:
+            req = parse_body(HiddenStatesRequest, await request.body())
+            service = _service(state)
+            plan = service.plan_hidden_states(req)
+            results = await cancel_on_disconnect(request, service.run(plan))
+            if results is None:
+                return Response(status_code=499)
+            if OCTET_STREAM in request.headers.get("accept", ""):
+                body = service.render_safetensors(plan, results)
+                return Response(body, media_type=OCTET_STREAM)
+            return JSONResponse(service.render_json(plan, results))
+
+        return await guarded(handle)
+
+    @router.post(
+        "/v1/embeddings",
+        responses={413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
+        summary="OpenAI embeddings: a pooled hidden state of one layer",
+    )
+    async def embeddings(request: Request) -> Response:
+        async def handle() -> Response:
+            req = parse_body(EmbeddingsRequest, await request.body())
+            service = _service(state)
+            plan = service.plan_embeddings(req)
+            results = await cancel_on_disconnect(request, service.run(plan))
+            if results is None:
+                return Response(status_code=499)
+            return JSONResponse(service.render_embeddings(plan, results))
+
+        return await guarded(handle)
+
+    @router.get("/health", response_model=Health)
+    async def health() -> Response:
+        facts = state.facts
+        if facts is None:
+            return JSONResponse(
+                error_body(ErrorType.DRAINING, "model is still loading"), status_code=503
+            )
+        status: Literal["ok", "loading", "draining"] = (
+            "draining" if state.admission.draining else "ok" if state.ready else "loading"
+        )
+        return JSONResponse(
+            Health(
+                status=status,
+                model=facts.name,
+                num_layers=facts.num_layers,
+                hidden_size=facts.hidden_size,
+            ).model_dump()
+        )
+
+    @router.get("/healthz")
+    async def healthz() -> Response:
+        """Liveness: the engine answers."""
+        if state.service is not None:
+            try:
+                await state.service.engine.check_health()
+            except Exception as e:
+                return JSONResponse(
+                    error_body(ErrorType.ENGINE, f"engine is not healthy: {e}"), status_code=503
+                )
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: model loaded and warm, and not draining."""
+        if state.admission.draining:
+            return JSONResponse(
+                error_body(ErrorType.DRAINING, "draining: shutting down"), status_code=503
+            )
+        if not state.ready:
+            return JSONResponse(
+                error_body(ErrorType.DRAINING, "model is still loading"), status_code=503
+            )
+        return JSONResponse({"status": "ready"})
+
+    return router
+
+
+class LaminaMiddleware:
+    """Bearer auth, admission control on ``/v1/*``, request metrics."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def _reject(self, send: Send, err: LaminaError) -> None:
+        await error_response(err)({"type": "http"}, _no_receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        path: str = scope["path"]
+        route = route_label(path)
+        started = time.perf_counter()
+        status = 500
+        admitted = False
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            key = state.settings.api_key
+            if key and path not in OPEN_PATHS and not _authorized(scope, key):
+                await self._reject(
+                    send_and_record,
+                    LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key"),
+                )
+                return
+            if path.startswith("/v1/") and path != "/v1/models":
+                try:
+                    state.admission.admit()
+                except LaminaError as e:
+                    await self._reject(send_and_record, e)
+                    return
+                admitted = True
+                state.metrics.in_flight.inc()
+            await self.app(scope, receive, send_and_record)
+        finally:
+            if admitted:
+                state.admission.release()
+                state.metrics.in_flight.dec()
+            state.metrics.requests.labels(route, str(status)).inc()
+            state.metrics.duration.labels(route).observe(time.perf_counter() - started)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _authorized(scope: Scope, key: str) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            given = value.decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                token.strip().encode(), key.encode()
+            )
+    return False
+
+
+def install(app: FastAPI, state: ServerState) -> None:
+    """Add Lamina's routes, taking precedence over vLLM's at the same path+method.
+
+    The middleware is applied by wrapping the finished app (:class:`LaminaMiddleware`)
+    because vLLM's app may already have built its middleware stack.
+    """
+    router = build_router(state)
+    ours = {(r.path, m) for r in router.routes if isinstance(r, APIRoute) for m in r.methods}
+    kept = [
+        r
+        for r in app.router.routes
+        if not (isinstance(r, APIRoute) and any((r.path, m) in ours for m in r.methods))
+    ]
+    app.router.routes[:] = list(router.routes) + kept
+    app.openapi_schema = None
+    app.state.lamina = state
+
+
+def create_app(state: ServerState, *, metrics_registry: Any = None) -> FastAPI:
+    """A stand-alone app with Lamina's routes and ``/metrics`` (no vLLM routes)."""
+    from prometheus_client import make_asgi_app
+
+    app = FastAPI()
+    install(app, state)
+    app.add_middleware(LaminaMiddleware, state=state)
+    if metrics_registry is not None:
+        app.mount("/metrics", make_asgi_app(registry=metrics_registry))
+    return app

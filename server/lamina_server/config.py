@@ -1,0 +1,186 @@
+"""Command line and environment of ``python -m lamina_server`` (pure, no vLLM).
+
+Lamina's own flags are parsed here; everything else (the vLLM flags the operator
+renders, and anything after ``--`` or unrecognised) is passed to vLLM's own parser.
+Each listed flag can also come from ``LAMINA_<FLAG_UPPER_SNAKE>`` (e.g.
+``LAMINA_MAX_MODEL_LEN=2048``, ``LAMINA_ENABLE_PREFIX_CACHING=false``); an explicit
+flag wins over the environment. The API key comes only from ``LAMINA_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Pooling = Literal["last", "mean", "all"]
+POOLINGS: tuple[Pooling, ...] = ("last", "mean", "all")
+
+# vLLM flags the operator renders. "value" takes an argument, "flag" is a switch,
+# "bool" has a --no- form.
+VLLM_FLAGS: dict[str, Literal["value", "flag", "bool"]] = {
+    "model": "value",
+    "revision": "value",
+    "served-model-name": "value",
+    "dtype": "value",
+    "quantization": "value",
+    "max-model-len": "value",
+    "trust-remote-code": "flag",
+    "tensor-parallel-size": "value",
+    "pipeline-parallel-size": "value",
+    "gpu-memory-utilization": "value",
+    "enable-prefix-caching": "bool",
+    "max-num-seqs": "value",
+    "max-num-batched-tokens": "value",
+    "host": "value",
+    "port": "value",
+}
+
+LAMINA_FLAGS = (
+    "default-layers",
+    "allowed-layers",
+    "default-pooling",
+    "max-prompts-per-request",
+    "max-tokens-per-request",
+    "max-response-bytes",
+    "max-queue-length",
+    "drain-timeout-seconds",
+)
+
+DEFAULT_PORT = 8000
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class LaminaSettings:
+    """Lamina's own knobs (limits, defaults, drain)."""
+
+    default_layers: tuple[int, ...] = (-2,)
+    allowed_layers: tuple[int, ...] | None = None  # None: every layer
+    default_pooling: Pooling = "last"
+    max_prompts_per_request: int = 64
+    max_tokens_per_request: int = 16384
+    max_response_bytes: int = 256 * 1024 * 1024
+    max_queue_length: int = 256
+    drain_timeout_seconds: float = 30.0
+    api_key: str | None = None
+
+
+def env_name(flag: str) -> str:
+    """``max-model-len`` -> ``LAMINA_MAX_MODEL_LEN``."""
+    return "LAMINA_" + flag.upper().replace("-", "_")
+
+
+def parse_layer_list(text: str) -> tuple[int, ...]:
+    """``"-2, 0,3"`` -> ``(-2, 0, 3)``; empty -> ``()``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(int(t) for t in items)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from e
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"268435456"``, ``"256MiB"``, ``"1G"``, ``"512kb"``."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number, unit = int(m.group(1)), (m.group(2) or "").lower()
+    if "i" in unit:
+        return int(number * 1024 ** ("kmgt".index(unit[0]) + 1))
+    return int(number * _UNITS[unit[:1]])
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser of Lamina's own flags (vLLM's are parsed by vLLM)."""
+    d = LaminaSettings()
+    p = argparse.ArgumentParser(
+        prog="python -m lamina_server",
+        description="vLLM OpenAI-compatible server with /v1/hidden_states. "
+        "Flags not listed here are passed to vLLM.",
+        add_help=False,
+    )
+    p.add_argument("--default-layers", type=parse_layer_list, default=d.default_layers)
+    p.add_argument("--allowed-layers", type=parse_layer_list, default=())
+    p.add_argument("--default-pooling", choices=POOLINGS, default=d.default_pooling)
+    p.add_argument(
+        "--max-prompts-per-request", type=_positive_int, default=d.max_prompts_per_request
+    )
+    p.add_argument("--max-tokens-per-request", type=_positive_int, default=d.max_tokens_per_request)
+    p.add_argument("--max-response-bytes", type=parse_size, default=d.max_response_bytes)
+    p.add_argument("--max-queue-length", type=_positive_int, default=d.max_queue_length)
+    p.add_argument("--drain-timeout-seconds", type=float, default=d.drain_timeout_seconds)
+    return p
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    names = (f"--{flag}", f"--no-{flag}")
+    return any(a in names or a.startswith(f"--{flag}=") for a in argv)
+
+
+def apply_environment(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """``argv`` plus flags taken from ``LAMINA_*`` variables not already given."""
+    out = list(argv)
+    extra: list[str] = []
+    for flag in LAMINA_FLAGS:
+        value = env.get(env_name(flag))
+        if value is not None and not _given(out, flag):
+            extra += [f"--{flag}", value]
+    for flag, kind in VLLM_FLAGS.items():
+        value = env.get(env_name(flag))
+        if value is None or _given(out, flag):
+            continue
+        if kind == "value":
+            extra += [f"--{flag}", value]
+            continue
+        truth = value.strip().lower()
+        if truth not in _TRUE | _FALSE:
+            raise SystemExit(f"{env_name(flag)}: expected true/false, got {value!r}")
+        if truth in _TRUE:
+            extra.append(f"--{flag}")
+        elif kind == "bool":
+            extra.append(f"--no-{flag}")
+    # Inserted before a "--" so they are still parsed as flags.
+    if "--" in out:
+        i = out.index("--")
+        return out[:i] + extra + out[i:]
+    return out + extra
+
+
+def parse_command_line(
+    argv: Sequence[str], env: Mapping[str, str]
+) -> tuple[LaminaSettings, list[str]]:
+    """Split the command line into Lamina's settings and the argv meant for vLLM."""
+    full = apply_environment(argv, env)
+    if "--" in full:
+        i = full.index("--")
+        ours, passthrough = full[:i], full[i + 1 :]
+    else:
+        ours, passthrough = full, []
+    ns, rest = build_parser().parse_known_args(ours)
+    settings = LaminaSettings(
+        default_layers=ns.default_layers or (-2,),
+        allowed_layers=ns.allowed_layers or None,
+        default_pooling=ns.default_pooling,
+        max_prompts_per_request=ns.max_prompts_per_request,
+        max_tokens_per_request=ns.max_tokens_per_request,
+        max_response_bytes=ns.max_response_bytes,
+        max_queue_length=ns.max_queue_length,
+        drain_timeout_seconds=ns.drain_timeout_seconds,
+        api_key=env.get("LAMINA_API_KEY") or None,
+    )
+    return settings, rest + passthrough

@@ -1,0 +1,91 @@
+"""Turning float32 hidden states into response bytes (pure numpy).
+
+* ``dtype`` float32 / float16 / bfloat16: values are rounded to that type (bfloat16
+  by round-to-nearest-even of the float32 bits, as torch does).
+* ``encoding_format`` ``float`` gives JSON numbers; ``base64`` gives the
+  little-endian bytes of the chosen dtype (what OpenAI clients decode as float32).
+* A safetensors body (``Accept: application/octet-stream``) written directly, so
+  bfloat16 needs neither torch nor a numpy bfloat16 type.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+DType = Literal["float32", "float16", "bfloat16"]
+EncodingFormat = Literal["float", "base64"]
+
+BYTES_PER_VALUE: dict[DType, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
+_SAFETENSORS_DTYPE: dict[DType, str] = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def to_bfloat16_bits(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    """bfloat16 bit patterns of ``values`` (round to nearest, ties to even)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        out[nan] = np.uint16(0x7FC0)
+    return out
+
+
+def to_dtype_bytes(values: npt.NDArray[np.float32], dtype: DType) -> bytes:
+    """Little-endian bytes of ``values`` in ``dtype``."""
+    if dtype == "bfloat16":
+        return to_bfloat16_bits(values).astype("<u2").tobytes()
+    if dtype == "float16":
+        return np.ascontiguousarray(values, dtype="<f2").tobytes()
+    return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def round_to_dtype(values: npt.NDArray[np.float32], dtype: DType) -> npt.NDArray[np.float32]:
+    """``values`` rounded to ``dtype`` and widened back to float32."""
+    if dtype == "bfloat16":
+        return (to_bfloat16_bits(values).astype(np.uint32) << 16).view(np.float32)
+    if dtype == "float16":
+        return values.astype(np.float16).astype(np.float32)
+    return values
+
+
+def encode(
+    values: npt.NDArray[np.float32], encoding_format: EncodingFormat, dtype: DType
+) -> list[float] | list[list[float]] | str:
+    """JSON-ready form of a vector or matrix."""
+    if encoding_format == "base64":
+        return base64.b64encode(to_dtype_bytes(values, dtype)).decode("ascii")
+    rounded = round_to_dtype(values, dtype)
+    result: list[float] | list[list[float]] = rounded.tolist()
+    return result
+
+
+def safetensors_bytes(
+    tensors: Mapping[str, npt.NDArray[np.float32]],
+    dtype: DType,
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """A safetensors file holding ``tensors`` converted to ``dtype``."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    chunks: list[bytes] = []
+    offset = 0
+    for name, arr in tensors.items():
+        data = to_dtype_bytes(arr, dtype)
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPE[dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)

@@ -1,0 +1,303 @@
+"""The one module that imports vLLM: engine adapter and server start-up.
+
+* :class:`VllmHiddenStateEngine` implements the service's engine protocol over vLLM's
+  ``AsyncLLM``: each prompt becomes a ``max_tokens=1`` request whose
+  ``SamplingParams.extra_args["lamina"]`` names the wanted layers (so only those
+  requests are captured) with ``skip_reading_prefix_cache=True`` (prefix-cached rows
+  would never reach the hooks); captures are fetched from the workers with
+  ``collective_rpc("lamina_fetch")``, coalesced across concurrent requests.
+* :func:`serve` runs vLLM's own OpenAI app (``build_app`` + ``init_app_state``) with
+  Lamina's routes installed, after a warm-up that proves the hooks fire, and drains
+  gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from argparse import Namespace
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .app import LaminaMiddleware, ServerState, install
+from .capture import CAPTURE_KEY
+from .config import LaminaSettings, Pooling
+from .limits import Admission
+from .metrics import Metrics
+from .service import F32, HiddenStateService, ModelFacts
+
+log = logging.getLogger("lamina_server")
+
+WORKER_EXTENSION = "lamina_server.capture.HiddenStateCapture"
+
+
+def parse_vllm_args(argv: Sequence[str]) -> Namespace:
+    """vLLM's own serve parser over ``argv``, with what capture requires forced on."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(
+        FlexibleArgumentParser(prog="python -m lamina_server")  # type: ignore[no-untyped-call]
+    )
+    args = parser.parse_args(list(argv))
+    if getattr(args, "model_tag", None) and not args.model:
+        args.model = args.model_tag
+    # Python hooks do not fire under CUDA graphs / torch.compile.
+    args.enforce_eager = True
+    if args.worker_extension_cls and args.worker_extension_cls != WORKER_EXTENSION:
+        raise SystemExit("--worker-extension-cls is owned by lamina_server")
+    args.worker_extension_cls = WORKER_EXTENSION
+    # Authentication is Lamina's (LAMINA_API_KEY, with open probe routes).
+    args.api_key = None
+    validate_parsed_serve_args(args)
+    parsed: Namespace = args
+    return parsed
+
+
+class _Fetcher:
+    """Coalesces capture fetches: one ``collective_rpc`` serves every request that
+    finished while the previous one was running."""
+
+    def __init__(self, engine_client: Any) -> None:
+        self._client = engine_client
+        self._waiting: dict[str, asyncio.Future[list[list[Any]]]] = {}
+        self._discard: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def discard(self, keys: Sequence[str]) -> None:
+        self._discard.extend(keys)
+
+    async def fetch(self, keys: Sequence[str]) -> dict[str, list[list[Any]]]:
+        loop = asyncio.get_running_loop()
+        futures = {k: loop.create_future() for k in keys}
+        self._waiting.update(futures)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        try:
+            return {k: await f for k, f in futures.items()}
+        except asyncio.CancelledError:
+            self.discard(list(keys))
+            raise
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            discard, self._discard = self._discard, []
+            try:
+                per_worker = await self._client.collective_rpc(
+                    "lamina_fetch", args=(list(batch), discard)
+                )
+            except Exception as e:
+                for f in batch.values():
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            rows: dict[str, list[list[Any]]] = {k: [] for k in batch}
+            for worker_rows in per_worker:
+                for row in worker_rows or []:
+                    rows.setdefault(row[0], []).append(row)
+            for key, f in batch.items():
+                if not f.done():
+                    f.set_result(rows.get(key, []))
+
+
+class VllmHiddenStateEngine:
+    """Hidden states from vLLM's ``AsyncLLM`` via the capture worker extension."""
+
+    def __init__(self, client: Any, facts: ModelFacts, metrics: Metrics) -> None:
+        self.client = client
+        self.facts = facts
+        self.metrics = metrics
+        self._tokenizer = client.get_tokenizer()
+        self._fetcher = _Fetcher(client)
+
+    @classmethod
+    async def create(cls, client: Any, metrics: Metrics) -> VllmHiddenStateEngine:
+        infos = await client.collective_rpc("lamina_install")
+        info = infos[0]
+        mc = client.model_config
+        name = mc.served_model_name
+        if isinstance(name, list | tuple):
+            name = name[0]
+        facts = ModelFacts(
+            name=str(name or mc.model),
+            num_layers=int(info["num_layers"]),
+            hidden_size=int(info["hidden_size"]),
+            max_model_len=int(mc.max_model_len),
+            vocab_size=int(mc.get_vocab_size()),
+        )
+        return cls(client, facts, metrics)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text))
+
+    async def check_health(self) -> None:
+        await self.client.check_health()
+
+    async def _run_one(self, ids: Sequence[int], key: str, spec: dict[str, Any]) -> None:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            extra_args={CAPTURE_KEY: spec},
+            skip_reading_prefix_cache=True,
+        )
+        self.metrics.queue_depth.inc()
+        try:
+            async for _ in self.client.generate(
+                {"prompt_token_ids": list(ids)}, params, request_id=f"lamina-{key}"
+            ):
+                pass
+        finally:
+            self.metrics.queue_depth.dec()
+
+    async def extract(
+        self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
+    ) -> list[dict[int, F32]]:
+        keys = [uuid.uuid4().hex for _ in prompts]
+        runs = [
+            asyncio.ensure_future(
+                self._run_one(ids, key, {"key": key, "layers": list(layers), "pooling": pooling})
+            )
+            for ids, key in zip(prompts, keys, strict=True)
+        ]
+        try:
+            await asyncio.gather(*runs)
+        except BaseException:
+            # Cancelled (client went away) or failed: stop the rest, forget captures.
+            for r in runs:
+                r.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            self._fetcher.discard(keys)
+            raise
+        fetched = await self._fetcher.fetch(keys)
+        results: list[dict[int, F32]] = []
+        for key, ids in zip(keys, prompts, strict=True):
+            per_layer: dict[int, F32] = {}
+            for _key, layer, shape, data, complete in fetched[key]:
+                if not complete:
+                    raise RuntimeError(f"capture of layer {layer} is missing prompt positions")
+                per_layer[int(layer)] = np.frombuffer(data, dtype=np.float32).reshape(shape)
+            missing = [layer for layer in layers if layer not in per_layer]
+            if missing:
+                raise RuntimeError(
+                    f"no hidden states captured for layers {missing} ({len(ids)} tokens)"
+                )
+            results.append(per_layer)
+        return results
+
+
+async def warm_up(engine: VllmHiddenStateEngine) -> None:
+    """Run one capture of every layer; fail loudly if the hooks never fire."""
+    ids = engine.tokenize("Lamina warm-up: what is a residual stream?")
+    layers = list(range(engine.facts.num_layers))
+    result = await engine.extract([ids], layers, "all")
+    stats = await engine.client.collective_rpc("lamina_stats")
+    if not any(s.get("hook_calls", 0) for s in stats):
+        raise RuntimeError("hidden-state hooks never fired (is eager mode off?)")
+    for layer in layers:
+        got = result[0][layer]
+        if got.shape != (len(ids), engine.facts.hidden_size) or not np.isfinite(got).all():
+            raise RuntimeError(f"warm-up capture of layer {layer} is wrong: {got.shape}")
+
+
+async def serve(settings: LaminaSettings, args: Namespace) -> None:
+    """Run vLLM's OpenAI server with Lamina's routes until drained."""
+    import uvicorn
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
+
+    metrics = Metrics()
+    admission = Admission(settings.max_queue_length)
+    state = ServerState(settings=settings, metrics=metrics, admission=admission)
+    loop = asyncio.get_running_loop()
+
+    _, sock = setup_server(args, reuse_port=False)
+    async with build_async_engine_client(args) as client:
+        supported_tasks = await client.get_supported_tasks()
+        app = build_app(args, supported_tasks, client.model_config)
+        await init_app_state(client, app.state, args, supported_tasks)
+        engine = await VllmHiddenStateEngine.create(client, metrics)
+        state.service = HiddenStateService(engine, settings, metrics)
+        install(app, state)
+        facts = engine.facts
+        metrics.model_info.info(
+            {
+                "model": facts.name,
+                "num_layers": str(facts.num_layers),
+                "hidden_size": str(facts.hidden_size),
+                "max_model_len": str(facts.max_model_len),
+            }
+        )
+        await warm_up(engine)
+        state.ready = True
+        log.info(
+            "lamina ready: model=%s layers=%d hidden=%d",
+            facts.name,
+            facts.num_layers,
+            facts.hidden_size,
+        )
+
+        config = uvicorn.Config(
+            LaminaMiddleware(app, state),
+            host=args.host,
+            port=args.port,
+            log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+        )
+        server = NoSignalServer(config)
+        app.state.server = server
+
+        async def drain() -> None:
+            log.info("SIGTERM: draining (%d in flight)", admission.in_flight)
+            idle = await admission.wait_idle(settings.drain_timeout_seconds)
+            if not idle:
+                log.warning(
+                    "drain timeout (%.0fs): %d requests still in flight",
+                    settings.drain_timeout_seconds,
+                    admission.in_flight,
+                )
+            server.should_exit = True
+
+        drain_tasks: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if admission.draining:
+                server.force_exit = True
+                server.should_exit = True
+                return
+            admission.start_drain()
+            drain_tasks.append(loop.create_task(drain()))
+
+        loop.add_signal_handler(signal.SIGTERM, on_signal)
+        loop.add_signal_handler(signal.SIGINT, on_signal)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+            sock.close()
+    log.info("lamina stopped")
+
+
+def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
+    """Entry point body: parse vLLM's flags, then serve."""
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    import uvloop
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+
+    cli_env_setup()  # type: ignore[no-untyped-call]
+    args = parse_vllm_args(vllm_argv)
+    configure_logging_from_args(args)
+    uvloop.run(serve(settings, args))

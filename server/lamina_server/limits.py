@@ -1,0 +1,79 @@
+"""Request size budgets and admission control (pure).
+
+* Size: an answer holds ``rows x layers x hidden x bytes-per-value`` values, where
+  ``rows`` is the number of tokens for ``pooling=all`` and the number of prompts
+  otherwise. It is checked before any work is done (413 when over budget).
+* Admission: at most ``max_queue_length`` requests in flight on the engine routes;
+  beyond that 429 with ``Retry-After``. During a drain every new request gets 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .config import Pooling
+from .encoding import BYTES_PER_VALUE, DType
+from .errors import ErrorType, LaminaError
+
+
+def response_bytes(
+    *,
+    total_tokens: int,
+    num_prompts: int,
+    num_layers: int,
+    hidden_size: int,
+    dtype: DType,
+    pooling: Pooling,
+) -> int:
+    """Raw size of the hidden states an answer will carry."""
+    rows = total_tokens if pooling == "all" else num_prompts
+    return rows * num_layers * hidden_size * BYTES_PER_VALUE[dtype]
+
+
+class Admission:
+    """Counts requests in flight; refuses work when full or draining."""
+
+    def __init__(self, max_in_flight: int, retry_after_seconds: int = 1) -> None:
+        self.max_in_flight = max_in_flight
+        self.retry_after_seconds = retry_after_seconds
+        self.in_flight = 0
+        self.draining = False
+        self.drain_started: float | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def admit(self) -> None:
+        """Take a slot or raise (503 draining, 429 full)."""
+        if self.draining:
+            raise LaminaError(
+                ErrorType.DRAINING, "server is shutting down; retry on another replica"
+            )
+        if self.in_flight >= self.max_in_flight:
+            raise LaminaError(
+                ErrorType.OVERLOADED,
+                f"too many requests in flight ({self.in_flight}, limit "
+                f"{self.max_in_flight}); retry later",
+                retry_after=self.retry_after_seconds,
+            )
+        self.in_flight += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def start_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.drain_started = time.monotonic()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until nothing is in flight; False when ``seconds`` passed first."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,117 @@
+"""Request and response models of Lamina's routes (pydantic; unknown fields are 422).
+
+``/v1/hidden_states`` keeps the shape existing clients use (``prompts``, ``layer``,
+``max_tokens``, ``temperature``, ``return_hidden_states`` in; ``hidden_states``,
+``layer``, ``model``, ``prompt_tokens``, ``metadata`` out) and extends it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from .config import Pooling
+from .encoding import DType, EncodingFormat
+
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+Prompt = StrictStr | TokenIds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HiddenStatesRequest(_Strict):
+    """``POST /v1/hidden_states``."""
+
+    prompts: Annotated[list[Prompt], Field(min_length=1)]
+    layers: Annotated[list[StrictInt], Field(min_length=1, max_length=1024)] | None = None
+    layer: StrictInt | None = None
+    pooling: Pooling | None = None
+    encoding_format: EncodingFormat = "float"
+    dtype: DType = "float32"
+    model: StrictStr | None = None
+    # Accepted for compatibility with existing clients; they do not change the answer.
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    return_hidden_states: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_layers(self) -> HiddenStatesRequest:
+        if self.layers is not None and self.layer is not None:
+            raise ValueError("give either 'layer' or 'layers', not both")
+        if self.return_hidden_states is False:
+            raise ValueError("return_hidden_states=false is not supported by this route")
+        for i, p in enumerate(self.prompts):
+            if isinstance(p, str) and not p:
+                raise ValueError(f"prompts[{i}] is empty")
+        return self
+
+
+class EmbeddingsRequest(_Strict):
+    """``POST /v1/embeddings`` (OpenAI) plus ``layer`` and ``pooling``."""
+
+    input: StrictStr | Annotated[list[Prompt], Field(min_length=1)] | TokenIds
+    model: StrictStr | None = None
+    encoding_format: EncodingFormat = "float"
+    dimensions: StrictInt | None = None
+    user: StrictStr | None = None
+    layer: StrictInt | None = None
+    pooling: Pooling | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """``input`` as a list of prompts."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(x, int) for x in self.input):
+            return [[int(x) for x in self.input]]  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _no_empty_strings(self) -> EmbeddingsRequest:
+        for i, p in enumerate(self.prompts()):
+            if isinstance(p, str) and not p:
+                raise ValueError(f"input[{i}] is empty")
+        return self
+
+
+class LayerState(BaseModel):
+    layer: int
+    resolved_layer: int
+    hidden_state: Any
+
+
+class PromptStates(BaseModel):
+    index: int
+    prompt_tokens: int
+    layers: list[LayerState]
+
+
+class HiddenStatesMetadata(BaseModel):
+    num_prompts: int
+    hidden_size: int
+    dtype: DType
+    num_layers: int
+    pooling: Pooling
+    encoding_format: EncodingFormat
+
+
+class HiddenStatesResponse(BaseModel):
+    """Legacy fields first; ``hidden_states`` holds the first requested layer."""
+
+    hidden_states: list[Any]
+    layer: int
+    model: str
+    prompt_tokens: list[int]
+    metadata: HiddenStatesMetadata
+    layers: list[int]
+    resolved_layers: list[int]
+    data: list[PromptStates]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "draining"]
+    model: str
+    num_layers: int
+    hidden_size: int

@@ -1,0 +1,286 @@
+"""The hidden-state service: validation, budgets, extraction, rendering (no vLLM).
+
+It talks to the engine through :class:`HiddenStateEngine`, implemented over vLLM in
+``engine.py`` and by a fake in the unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import LaminaSettings, Pooling
+from .encoding import BYTES_PER_VALUE, DType, EncodingFormat, encode, safetensors_bytes
+from .errors import invalid, too_large
+from .layers import resolve_layers
+from .limits import response_bytes
+from .metrics import Metrics
+from .protocol import (
+    EmbeddingsRequest,
+    HiddenStatesMetadata,
+    HiddenStatesRequest,
+    HiddenStatesResponse,
+    LayerState,
+    PromptStates,
+)
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What clients (and /health) learn about the served model."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    max_model_len: int
+    vocab_size: int
+
+
+class HiddenStateEngine(Protocol):
+    """What the service needs from an engine."""
+
+    facts: ModelFacts
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model's tokenizer gives them (specials included)."""
+        ...
+
+    async def extract(
+        self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
+    ) -> list[dict[int, F32]]:
+        """Per prompt, absolute layer -> ``[hidden]`` (last/mean) or ``[tokens, hidden]``.
+
+        Cancelling the call aborts the engine's work.
+        """
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the engine is dead."""
+        ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: everything needed to run and render it."""
+
+    token_ids: list[list[int]]
+    layers: list[int]  # as requested
+    resolved: list[int]  # absolute
+    pooling: Pooling
+    encoding_format: EncodingFormat
+    dtype: DType
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return [len(t) for t in self.token_ids]
+
+
+class HiddenStateService:
+    """Validates, budgets, runs and renders hidden-state and embedding requests."""
+
+    def __init__(self, engine: HiddenStateEngine, settings: LaminaSettings, metrics: Metrics):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self.engine.facts
+
+    # -- validation --------------------------------------------------------------
+
+    def _tokens(self, prompts: Sequence[str | list[int]]) -> list[list[int]]:
+        s, facts = self.settings, self.facts
+        if len(prompts) > s.max_prompts_per_request:
+            raise too_large(
+                f"too many prompts: {len(prompts)} > {s.max_prompts_per_request} per request"
+            )
+        out: list[list[int]] = []
+        total = 0
+        # The engine needs room for the one token it samples after the prompt.
+        limit = facts.max_model_len - 1
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                ids = self.engine.tokenize(p)
+            else:
+                bad = [t for t in p if not 0 <= t < facts.vocab_size]
+                if bad:
+                    raise invalid(
+                        f"prompts[{i}]: token id {bad[0]} is outside the vocabulary "
+                        f"(0..{facts.vocab_size - 1})"
+                    )
+                ids = list(p)
+            if not ids:
+                raise invalid(f"prompts[{i}] has no tokens")
+            if len(ids) > limit:
+                raise invalid(
+                    f"prompts[{i}] has {len(ids)} tokens, longer than the model's context "
+                    f"({limit} prompt tokens at most, max_model_len={facts.max_model_len})"
+                )
+            total += len(ids)
+            if total > s.max_tokens_per_request:
+                raise too_large(
+                    f"too many tokens: more than {s.max_tokens_per_request} prompt tokens "
+                    "per request"
+                )
+            out.append(ids)
+        return out
+
+    def _check_bytes(self, plan: Plan) -> None:
+        size = response_bytes(
+            total_tokens=sum(plan.prompt_tokens),
+            num_prompts=len(plan.token_ids),
+            num_layers=len(plan.layers),
+            hidden_size=self.facts.hidden_size,
+            dtype=plan.dtype,
+            pooling=plan.pooling,
+        )
+        if size > self.settings.max_response_bytes:
+            raise too_large(
+                f"the answer would hold {size} bytes of hidden states, over the "
+                f"{self.settings.max_response_bytes}-byte limit; ask for fewer prompts, "
+                "layers or tokens, a pooled answer, or a 2-byte dtype"
+            )
+
+    def plan_hidden_states(self, req: HiddenStatesRequest) -> Plan:
+        if req.layers is not None:
+            layers = list(req.layers)
+        elif req.layer is not None:
+            layers = [req.layer]
+        else:
+            layers = list(self.settings.default_layers)
+        resolved = resolve_layers(layers, self.facts.num_layers, self.settings.allowed_layers)
+        plan = Plan(
+            token_ids=[],
+            layers=layers,
+            resolved=resolved,
+            pooling=req.pooling or self.settings.default_pooling,
+            encoding_format=req.encoding_format,
+            dtype=req.dtype,
+        )
+        # Cheap checks first: a request that is too big by prompt count alone
+        # never gets tokenized.
+        plan = Plan(**{**plan.__dict__, "token_ids": self._tokens(req.prompts)})
+        self._check_bytes(plan)
+        return plan
+
+    def plan_embeddings(self, req: EmbeddingsRequest) -> Plan:
+        layer = req.layer if req.layer is not None else self.settings.default_layers[0]
+        resolved = resolve_layers([layer], self.facts.num_layers, self.settings.allowed_layers)
+        if req.dimensions is not None and req.dimensions != self.facts.hidden_size:
+            raise invalid(
+                f"dimensions={req.dimensions} is not supported: embeddings have the model's "
+                f"hidden size, {self.facts.hidden_size}"
+            )
+        pooling = req.pooling or self.settings.default_pooling
+        if pooling == "all":
+            raise invalid("pooling 'all' is not available for embeddings; use last or mean")
+        plan = Plan(
+            token_ids=self._tokens(req.prompts()),
+            layers=[layer],
+            resolved=resolved,
+            pooling=pooling,
+            encoding_format=req.encoding_format,
+            dtype="float32",
+        )
+        self._check_bytes(plan)
+        return plan
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, plan: Plan) -> list[dict[int, F32]]:
+        """Extract the planned hidden states (records token and batch metrics)."""
+        self.metrics.prompt_tokens.inc(sum(plan.prompt_tokens))
+        self.metrics.batch_size.observe(len(plan.token_ids))
+        unique = list(dict.fromkeys(plan.resolved))
+        results = await self.engine.extract(plan.token_ids, unique, plan.pooling)
+        nbytes = 0
+        for per_prompt in results:
+            for layer in unique:
+                nbytes += per_prompt[layer].size * BYTES_PER_VALUE[plan.dtype]
+        self.metrics.hidden_state_bytes.inc(nbytes)
+        return results
+
+    # -- rendering ---------------------------------------------------------------
+
+    def render_json(self, plan: Plan, results: list[dict[int, F32]]) -> dict[str, Any]:
+        data: list[PromptStates] = []
+        for i, per_prompt in enumerate(results):
+            data.append(
+                PromptStates(
+                    index=i,
+                    prompt_tokens=plan.prompt_tokens[i],
+                    layers=[
+                        LayerState(
+                            layer=layer,
+                            resolved_layer=absolute,
+                            hidden_state=encode(
+                                per_prompt[absolute], plan.encoding_format, plan.dtype
+                            ),
+                        )
+                        for layer, absolute in zip(plan.layers, plan.resolved, strict=True)
+                    ],
+                )
+            )
+        response = HiddenStatesResponse(
+            hidden_states=[d.layers[0].hidden_state for d in data],
+            layer=plan.layers[0],
+            model=self.facts.name,
+            prompt_tokens=plan.prompt_tokens,
+            metadata=HiddenStatesMetadata(
+                num_prompts=len(plan.token_ids),
+                hidden_size=self.facts.hidden_size,
+                dtype=plan.dtype,
+                num_layers=self.facts.num_layers,
+                pooling=plan.pooling,
+                encoding_format=plan.encoding_format,
+            ),
+            layers=plan.layers,
+            resolved_layers=plan.resolved,
+            data=data,
+        )
+        return response.model_dump()
+
+    def render_safetensors(self, plan: Plan, results: list[dict[int, F32]]) -> bytes:
+        """Tensors ``layer.<requested>`` = ``[prompts, hidden]`` when pooled, else
+        ``prompt.<i>.layer.<requested>`` = ``[tokens, hidden]``; facts in metadata."""
+        tensors: dict[str, F32] = {}
+        for layer, absolute in zip(plan.layers, plan.resolved, strict=True):
+            if plan.pooling == "all":
+                for i, per_prompt in enumerate(results):
+                    tensors[f"prompt.{i}.layer.{layer}"] = per_prompt[absolute]
+            else:
+                tensors[f"layer.{layer}"] = np.stack([r[absolute] for r in results])
+        metadata = {
+            "model": self.facts.name,
+            "layers": json.dumps(plan.layers),
+            "resolved_layers": json.dumps(plan.resolved),
+            "prompt_tokens": json.dumps(plan.prompt_tokens),
+            "pooling": plan.pooling,
+            "hidden_size": str(self.facts.hidden_size),
+        }
+        return safetensors_bytes(tensors, plan.dtype, metadata)
+
+    def render_embeddings(self, plan: Plan, results: list[dict[int, F32]]) -> dict[str, Any]:
+        absolute = plan.resolved[0]
+        tokens = sum(plan.prompt_tokens)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": encode(r[absolute], plan.encoding_format, "float32"),
+                }
+                for i, r in enumerate(results)
+            ],
+            "model": self.facts.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
