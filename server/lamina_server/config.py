@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="vLLM OpenAI-compatible server with /v1/hidden_states. "
         "Flags not listed here are passed to vLLM.",
         add_help=False,
+        allow_abbrev=False,
     )
     p.add_argument("--default-layers", type=parse_layer_list, default=d.default_layers)
     p.add_argument("--allowed-layers", type=parse_layer_list, default=())
