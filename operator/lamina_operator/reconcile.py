@@ -146,10 +146,12 @@ async def reconcile(
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
         await _apply_children(kube, memory, owner, spec, post_event)
-        deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
-        verdict = judge(spec, owner, deployment)
     except InvalidSpec as error:
-        spec, deployment, verdict = None, None, invalid_verdict(str(error))
+        # Children of an earlier valid spec are left serving; status says what to fix.
+        spec, verdict = None, invalid_verdict(str(error))
+    deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
+    if spec is not None:
+        verdict = judge(spec, owner, deployment)
 
     status = compute_status(
         owner=owner,
