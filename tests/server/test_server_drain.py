@@ -1,0 +1,110 @@
+"""Overload and shutdown: 429 + Retry-After when the queue is full; on SIGTERM
+readiness fails at once, new work gets 503, in-flight work completes, the process exits.
+
+Uses its own server (queue limit 3, small prefill budget so requests take a while).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_helpers import Server
+
+pytestmark = pytest.mark.vllm
+
+QUEUE = 3
+# 16 prompts x 240 tokens with a 32-token prefill budget: well over a second each.
+SLOW = {"prompts": [[(7 * i + j) % 500 + 3 for j in range(240)] for i in range(16)]}
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_models: dict[str, Path]) -> Iterator[Server]:
+    args = [
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--max-num-batched-tokens",
+        "32",
+        "--max-queue-length",
+        str(QUEUE),
+        "--drain-timeout-seconds",
+        "120",
+        "--kv-cache-memory-bytes",
+        str(256 << 20),
+        "--disable-uvicorn-access-log",
+    ]
+    server = Server("llama-small", tiny_models["llama"], args).start().wait_ready()
+    yield server
+    server.stop()
+
+
+async def _post_all(server: Server, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+        return list(
+            await asyncio.gather(*[client.post("/v1/hidden_states", json=SLOW) for _ in range(n)])
+        )
+
+
+def test_queue_full_is_429_with_retry_after(small_server: Server) -> None:
+    responses = asyncio.run(_post_all(small_server, QUEUE + 5))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 1
+    assert codes.count(429) >= 5, codes
+    assert set(codes) <= {200, 429}
+    for r in responses:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1"
+            err = r.json()["error"]
+            assert err["type"] == "overloaded_error"
+            assert "too many requests in flight" in err["message"]
+
+
+def _in_flight(server: Server) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("lamina_requests_in_flight "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_sigterm_drains(small_server: Server) -> None:
+    assert small_server.proc is not None
+
+    async def scenario() -> tuple[list[httpx.Response], dict[str, Any]]:
+        work = asyncio.ensure_future(_post_all(small_server, QUEUE))
+        deadline = time.monotonic() + 30
+        while await asyncio.to_thread(_in_flight, small_server) < QUEUE:
+            assert time.monotonic() < deadline, "requests never got in flight"
+            await asyncio.sleep(0.05)
+        assert small_server.proc is not None
+        small_server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        seen: dict[str, Any] = {}
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=30) as client:
+            seen["readyz"] = await client.get("/readyz")
+            seen["health"] = await client.get("/health")
+            seen["new"] = await client.post("/v1/hidden_states", json={"prompts": ["late"]})
+            seen["in_flight_at_probe"] = await asyncio.to_thread(_in_flight, small_server)
+        return await work, seen
+
+    started = time.monotonic()
+    finished, seen = asyncio.run(scenario())
+    assert seen["in_flight_at_probe"] >= 1, "probes must run while work is still in flight"
+    assert seen["readyz"].status_code == 503
+    assert seen["health"].json()["status"] == "draining"
+    assert seen["new"].status_code == 503
+    assert seen["new"].json()["error"]["type"] == "service_unavailable"
+    assert [r.status_code for r in finished] == [200] * QUEUE, "no in-flight request lost"
+    for r in finished:
+        assert r.json()["metadata"]["num_prompts"] == 16
+    code = small_server.proc.wait(timeout=90)
+    assert code == 0
+    assert time.monotonic() - started < 120
