@@ -162,6 +162,22 @@ def apply_environment(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return out + extra
 
 
+def _join_list_values(argv: Sequence[str]) -> list[str]:
+    """``--default-layers -2,0`` -> ``--default-layers=-2,0``: argparse would take a
+    value starting with ``-`` (other than a plain negative number) for a flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--default-layers", "--allowed-layers") and i + 1 < len(argv):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def parse_command_line(
     argv: Sequence[str], env: Mapping[str, str]
 ) -> tuple[LaminaSettings, list[str]]:
@@ -172,7 +188,7 @@ def parse_command_line(
         ours, passthrough = full[:i], full[i + 1 :]
     else:
         ours, passthrough = full, []
-    ns, rest = build_parser().parse_known_args(ours)
+    ns, rest = build_parser().parse_known_args(_join_list_values(ours))
     settings = LaminaSettings(
         default_layers=ns.default_layers or (-2,),
         allowed_layers=ns.allowed_layers or None,

@@ -1,0 +1,339 @@
+"""Unit tests of the pure parts: config, layers, pooling, encoding, budgets, errors,
+admission, and the HTTP layer over a fake engine (no vLLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from lamina_server.app import ServerState, create_app
+from lamina_server.config import (
+    LaminaSettings,
+    Pooling,
+    apply_environment,
+    parse_command_line,
+    parse_size,
+)
+from lamina_server.encoding import (
+    encode,
+    round_to_dtype,
+    safetensors_bytes,
+    to_bfloat16_bits,
+    to_dtype_bytes,
+)
+from lamina_server.errors import STATUS_BY_TYPE, ErrorType, LaminaError, error_body
+from lamina_server.layers import resolve_layer, resolve_layers
+from lamina_server.limits import Admission, response_bytes
+from lamina_server.metrics import Metrics
+from lamina_server.pooling import pool
+from lamina_server.service import F32, HiddenStateService, ModelFacts
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+# -- config ----------------------------------------------------------------------
+
+
+def test_command_line_splits_ours_from_vllm() -> None:
+    settings, rest = parse_command_line(
+        [
+            "--model",
+            "m",
+            "--default-layers",
+            "-2,0",
+            "--allowed-layers",
+            "",
+            "--default-pooling",
+            "mean",
+            "--max-response-bytes",
+            "64MiB",
+            "--max-num-seqs",
+            "8",
+            "--",
+            "--kv-cache-memory-bytes",
+            "1",
+        ],
+        {},
+    )
+    assert settings.default_layers == (-2, 0)
+    assert settings.allowed_layers is None
+    assert settings.default_pooling == "mean"
+    assert settings.max_response_bytes == 64 * 2**20
+    assert rest == ["--model", "m", "--max-num-seqs", "8", "--kv-cache-memory-bytes", "1"]
+
+
+def test_environment_fills_flags_not_given() -> None:
+    env = {
+        "LAMINA_MODEL": "from-env",
+        "LAMINA_MAX_MODEL_LEN": "2048",
+        "LAMINA_ENABLE_PREFIX_CACHING": "false",
+        "LAMINA_TRUST_REMOTE_CODE": "true",
+        "LAMINA_MAX_QUEUE_LENGTH": "9",
+        "LAMINA_PORT": "9000",
+        "LAMINA_API_KEY": "s3cret",
+    }
+    settings, rest = parse_command_line(["--model", "from-flag"], env)
+    assert settings.max_queue_length == 9
+    assert settings.api_key == "s3cret"
+    assert rest[:2] == ["--model", "from-flag"]
+    assert "from-env" not in rest
+    assert "--no-enable-prefix-caching" in rest
+    assert "--trust-remote-code" in rest
+    assert rest[rest.index("--max-model-len") + 1] == "2048"
+    assert rest[rest.index("--port") + 1] == "9000"
+
+
+def test_environment_flags_go_before_double_dash() -> None:
+    out = apply_environment(["--", "--x"], {"LAMINA_DTYPE": "bfloat16"})
+    assert out == ["--dtype", "bfloat16", "--", "--x"]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("268435456", 268435456), ("256MiB", 256 * 2**20), ("1G", 10**9), ("4kib", 4096)],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+# -- layers, pooling -------------------------------------------------------------
+
+
+def test_resolve_layers() -> None:
+    assert resolve_layers([0, -1, -2, 3], 4, None) == [0, 3, 2, 3]
+    with pytest.raises(LaminaError, match=r"valid layers are -4\.\.3") as e:
+        resolve_layer(4, 4)
+    assert e.value.status == 422
+    assert resolve_layers([-2], 4, [2]) == [2]
+    with pytest.raises(LaminaError, match="not allowed"):
+        resolve_layers([0], 4, [-2, -1])
+
+
+def test_pool() -> None:
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(pool(rows, "last"), rows[2])
+    np.testing.assert_array_equal(pool(rows, "mean"), rows.mean(0))
+    assert pool(rows, "all") is rows
+    with pytest.raises(ValueError, match="non-empty"):
+        pool(np.zeros((0, 4), np.float32), "last")
+
+
+# -- encoding ----------------------------------------------------------------------
+
+
+def test_bfloat16_matches_torch() -> None:
+    import torch
+
+    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 100
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(to_bfloat16_bits(x), want)
+    back = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(round_to_dtype(x, "bfloat16"), back)
+
+
+def test_base64_round_trips() -> None:
+    x = np.linspace(-1, 1, 7, dtype=np.float32)
+    got = np.frombuffer(base64.b64decode(str(encode(x, "base64", "float32"))), "<f4")
+    np.testing.assert_array_equal(got, x)
+    half = np.frombuffer(base64.b64decode(str(encode(x, "base64", "float16"))), "<f2")
+    np.testing.assert_array_equal(half, x.astype(np.float16))
+    assert len(to_dtype_bytes(x, "bfloat16")) == 14
+    assert encode(x, "float", "float32") == x.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_safetensors_body_loads(dtype: Any) -> None:
+    import torch
+    from safetensors.torch import load
+
+    tensors = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.ones(5, np.float32),
+    }
+    out = load(safetensors_bytes(tensors, dtype, {"model": "m"}))
+    assert out["a"].dtype == getattr(torch, dtype)
+    np.testing.assert_array_equal(out["a"].float().numpy(), tensors["a"])
+    assert out["b"].shape == (5,)
+
+
+# -- budgets, errors, admission ----------------------------------------------------
+
+
+def test_response_bytes() -> None:
+    kw: dict[str, Any] = {"total_tokens": 8000, "num_prompts": 4, "hidden_size": 4096}
+    assert response_bytes(num_layers=4, dtype="bfloat16", pooling="all", **kw) == 262_144_000
+    assert response_bytes(num_layers=4, dtype="float32", pooling="last", **kw) == 4 * 4 * 4096 * 4
+
+
+def test_error_table_and_envelope() -> None:
+    assert STATUS_BY_TYPE[ErrorType.INVALID_REQUEST] == 422
+    assert STATUS_BY_TYPE[ErrorType.TOO_LARGE] == 413
+    assert STATUS_BY_TYPE[ErrorType.OVERLOADED] == 429
+    assert STATUS_BY_TYPE[ErrorType.DRAINING] == 503
+    assert STATUS_BY_TYPE[ErrorType.ENGINE] == 500
+    assert set(STATUS_BY_TYPE) == set(ErrorType)
+    assert error_body(ErrorType.TOO_LARGE, "big") == {
+        "error": {"message": "big", "type": "request_too_large", "code": 413}
+    }
+    err = LaminaError(ErrorType.OVERLOADED, "busy", retry_after=2)
+    assert err.headers() == {"Retry-After": "2"}
+
+
+def test_admission() -> None:
+    async def run() -> None:
+        a = Admission(2)
+        a.admit()
+        a.admit()
+        with pytest.raises(LaminaError) as e:
+            a.admit()
+        assert e.value.status == 429
+        assert not await a.wait_idle(0.01)
+        a.release()
+        a.start_drain()
+        with pytest.raises(LaminaError) as e:
+            a.admit()
+        assert e.value.status == 503
+        a.release()
+        assert await a.wait_idle(0.01)
+
+    asyncio.run(run())
+
+
+# -- HTTP layer over a fake engine ---------------------------------------------------
+
+
+class FakeEngine:
+    """Deterministic 'hidden states': row p of layer l is (l + 1) * token + p."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.facts = ModelFacts(
+            "fake", num_layers=4, hidden_size=8, max_model_len=64, vocab_size=100
+        )
+        self.delay = delay
+        self.cancelled = 0
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(c) % 100 for c in text]
+
+    def rows(self, ids: Sequence[int], layer: int) -> F32:
+        t = np.asarray(ids, np.float32)[:, None]
+        return ((layer + 1) * t + np.arange(8, dtype=np.float32)).astype(np.float32)
+
+    async def extract(
+        self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
+    ) -> list[dict[int, F32]]:
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return [{la: pool(self.rows(ids, la), pooling) for la in layers} for ids in prompts]
+
+    async def check_health(self) -> None:
+        return None
+
+
+def make_client(
+    delay: float = 0.0, **settings: Any
+) -> tuple[httpx.AsyncClient, ServerState, FakeEngine]:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    s = LaminaSettings(**settings)
+    engine = FakeEngine(delay)
+    state = ServerState(settings=s, metrics=metrics, admission=Admission(s.max_queue_length))
+    state.service = HiddenStateService(engine, s, metrics)
+    state.ready = True
+    app = create_app(state, metrics_registry=registry)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return client, state, engine
+
+
+def test_hidden_states_over_fake_engine() -> None:
+    async def run() -> None:
+        client, _, engine = make_client()
+        r = await client.post(
+            "/v1/hidden_states", json={"prompts": ["ab", [5]], "layers": [-1, 0], "pooling": "mean"}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["layer"] == -1
+        assert body["resolved_layers"] == [3, 0]
+        assert body["prompt_tokens"] == [2, 1]
+        want = engine.rows(engine.tokenize("ab"), 3).mean(0)
+        np.testing.assert_allclose(body["hidden_states"][0], want)
+        assert body["data"][1]["layers"][1]["hidden_state"] == engine.rows([5], 0)[0].tolist()
+
+    asyncio.run(run())
+
+
+def test_api_key_required_except_probes() -> None:
+    async def run() -> None:
+        client, _, _ = make_client(api_key="s3cret")
+        body = {"prompts": ["x"]}
+        r = await client.post("/v1/hidden_states", json=body)
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "authentication_error"
+        r = await client.post(
+            "/v1/hidden_states", json=body, headers={"Authorization": "Bearer wrong"}
+        )
+        assert r.status_code == 401
+        r = await client.post(
+            "/v1/hidden_states", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 200
+        for path in ("/health", "/healthz", "/readyz", "/metrics"):
+            assert (await client.get(path, follow_redirects=True)).status_code == 200, path
+
+    asyncio.run(run())
+
+
+def test_queue_full_and_draining_over_fake_engine() -> None:
+    async def run() -> None:
+        client, state, _ = make_client(delay=0.3, max_queue_length=2)
+        body = {"prompts": ["x"]}
+        rs = await asyncio.gather(*[client.post("/v1/hidden_states", json=body) for _ in range(4)])
+        assert sorted(r.status_code for r in rs) == [200, 200, 429, 429]
+        assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 429)
+        state.admission.start_drain()
+        r = await client.post("/v1/hidden_states", json=body)
+        assert r.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/health")).json()["status"] == "draining"
+
+    asyncio.run(run())
+
+
+def test_metrics_over_fake_engine() -> None:
+    async def run() -> None:
+        client, _, _ = make_client()
+        await client.post("/v1/hidden_states", json={"prompts": ["abc"], "layers": [0, 1]})
+        await client.post("/v1/hidden_states", content=b"{")
+        text = (await client.get("/metrics/")).text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        key = ("lamina_requests_total", (("code", "200"), ("route", "/v1/hidden_states")))
+        assert samples[key] == 1
+        key = ("lamina_requests_total", (("code", "422"), ("route", "/v1/hidden_states")))
+        assert samples[key] == 1
+        assert samples[("lamina_prompt_tokens_total", ())] == 3
+        assert samples[("lamina_hidden_state_bytes_total", ())] == 2 * 8 * 4
+
+    asyncio.run(run())
+
+
+def test_not_ready_is_503() -> None:
+    async def run() -> None:
+        client, state, _ = make_client()
+        state.ready = False
+        r = await client.post("/v1/hidden_states", json={"prompts": ["x"]})
+        assert r.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+
+    asyncio.run(run())
