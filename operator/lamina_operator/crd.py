@@ -64,15 +64,22 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
     return out
 
 
+def _defaults_of(node: JsonSchema) -> dict[str, Any]:
+    """The object admission would build from `{}`: every property that has a default."""
+    props = node["properties"].items()
+    return {name: copy.deepcopy(prop["default"]) for name, prop in props if "default" in prop}
+
+
 def _default_nested_objects(node: JsonSchema) -> None:
-    """Give optional nested objects `default: {}` so admission fills their own defaults."""
+    """Give optional nested objects a default built from their fields' defaults, so a
+    user who leaves out `engine:` gets the same object as one who writes `engine: {}`.
+    (CRD defaults are validated against CEL rules as written, so `{}` would not do.)"""
     required = set(node.get("required", []))
     for name, prop in node.get("properties", {}).items():
         if prop.get("type") == "object" and "properties" in prop:
             _default_nested_objects(prop)
-            has_required = bool(prop.get("required"))
-            if name not in required and "default" not in prop and not has_required:
-                prop["default"] = {}
+            if name not in required and "default" not in prop and not prop.get("required"):
+                prop["default"] = _defaults_of(prop)
         elif prop.get("type") == "array" and isinstance(prop.get("items"), dict):
             _default_nested_objects(prop["items"])
 
