@@ -103,6 +103,7 @@ create() {
 	b="$(bin_dir)"
 	log "creating cluster (kwokctl --runtime binary, Kubernetes $KUBE_VERSION)"
 	kwokctl_ create cluster \
+		--config "$here/cluster/kwokctl.yaml" \
 		--runtime binary \
 		--kube-authorization \
 		--kube-admission \
