@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,14 @@ def test_dockerfile_promises() -> None:
 
 
 def test_install_step_and_entrypoint(tmp_path: Path) -> None:
+    # The Dockerfile's COPY lines, into a scratch tree (the build leaves files behind).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("operator", "server"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -41,7 +50,7 @@ def test_install_step_and_entrypoint(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(REPO),
+            str(src),
         ],
         check=True,
         cwd=tmp_path,
