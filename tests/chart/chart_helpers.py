@@ -46,6 +46,12 @@ class Release:
         return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
     def install(self, *args: str, command: str = "install") -> subprocess.CompletedProcess[str]:
+        """``helm install|upgrade`` this release (and wait for it).
+
+        Helm 4 server-side applies the chart's CRDs even when they exist, so a CRD
+        applied before by someone else (kubectl, another release) conflicts on
+        ownership; the chart's CRDs are the repository's, so taking them over is safe.
+        """
         return self.cluster.helm(
             command,
             self.name,
@@ -55,6 +61,7 @@ class Release:
             "--wait",
             "--timeout",
             "2m",
+            "--force-conflicts",
             *args,
         )
 
