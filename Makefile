@@ -29,6 +29,10 @@ cluster-up: cluster-tools ## start the local kwok cluster (idempotent)
 cluster-down: ## stop the local kwok cluster and every process it started
 	@hack/cluster.sh down
 
+.PHONY: generate
+generate: venv ## regenerate the CRD (crds/, chart) and README's reference from the typed model
+	$(PY) hack/generate.py
+
 .PHONY: lint
 lint: venv ## ruff and mypy --strict
 	$(VENV)/bin/ruff check .

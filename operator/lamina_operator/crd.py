@@ -1,12 +1,14 @@
 """Render the LLMDeployment CustomResourceDefinition from the typed model in `spec`.
 
-`python -m lamina_operator.crd` prints it; `crds/` and the chart hold the output and a
-test fails when they drift from the model.
+`python -m lamina_operator.crd` prints it (`--markdown`: the reference table in
+README.md); `crds/`, the chart and README hold the output and tests fail when they
+drift from the model.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from typing import Any
 
@@ -162,5 +164,57 @@ def render_crd_yaml() -> str:
     return header + yaml.safe_dump(render_crd(), sort_keys=False, width=100, allow_unicode=True)
 
 
+def _type_of(prop: JsonSchema) -> str:
+    if prop.get("x-kubernetes-int-or-string"):
+        return "int or string"
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if prop.get("type") == "array":
+        return f"[]{_type_of(prop.get('items', {}))}"
+    if prop.get("type") == "object" and "additionalProperties" in prop:
+        return f"map[string]{_type_of(prop['additionalProperties'])}"
+    return str(prop.get("type", "object"))
+
+
+def _reference_rows(node: JsonSchema, path: str) -> list[str]:
+    rows = []
+    required = set(node.get("required", []))
+    for name, prop in node.get("properties", {}).items():
+        here = f"{path}.{name}"
+        default = prop.get("default")
+        literal = default if isinstance(default, str) else json.dumps(default)
+        shown = "" if default is None or isinstance(default, dict) else f"`{literal}`"
+        description = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
+        must = " **required**" if name in required else ""
+        rows.append(f"| `{here}` | {_type_of(prop)}{must} | {shown} | {description} |")
+        if prop.get("type") == "object" and "properties" in prop:
+            rows += _reference_rows(prop, here)
+    return rows
+
+
+def render_reference_markdown() -> str:
+    """The `spec` reference table for README.md, generated from the same schema."""
+    spec_schema = openapi_schema()["properties"]["spec"]
+    lines = ["| field | type | default | description |", "|---|---|---|---|"]
+    lines += _reference_rows(spec_schema, "spec")
+    rules = [
+        rule["message"]
+        for node in _walk_objects(spec_schema)
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+    lines += ["", "Checked at admission (CEL): " + "; ".join(rules) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _walk_objects(node: JsonSchema) -> list[JsonSchema]:
+    found = [node]
+    for prop in node.get("properties", {}).values():
+        found += _walk_objects(prop)
+    return found
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render_crd_yaml())
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(render_reference_markdown())
+    else:
+        sys.stdout.write(render_crd_yaml())

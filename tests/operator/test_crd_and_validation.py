@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,13 @@ def test_unknown_models_have_no_facts_and_any_layer_passes() -> None:
         "x", {"model": {"name": "/models/mine"}, "hiddenStates": {"defaultLayers": [99]}}
     )
     assert facts is None
+
+
+def test_readme_reference_is_generated_from_the_schema() -> None:
+    spec = importlib.util.spec_from_file_location("generate", REPO / "hack" / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    readme = (REPO / "README.md").read_text()
+    assert readme == generate.readme_with_reference(readme), "README is stale: run `make generate`"
