@@ -26,6 +26,7 @@ import numpy as np
 
 from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
+from .completions import CompletionsHiddenStates
 from .config import LaminaSettings, Pooling
 from .limits import Admission
 from .metrics import Metrics
@@ -247,7 +248,7 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
         )
 
         config = uvicorn.Config(
-            LaminaMiddleware(app, state),
+            LaminaMiddleware(CompletionsHiddenStates(app, state), state),
             host=args.host,
             port=args.port,
             log_level=args.uvicorn_log_level,

@@ -220,3 +220,46 @@ def test_octet_stream_is_safetensors(llama_server: Server, reference: Any) -> No
     tensors = load(r.content)
     for i, p in enumerate(prompts):
         check(ref, p, 1, "all", tensors[f"prompt.{i}.layer.1"])
+
+
+def test_completions_output_hidden_states(llama_server: Server, reference: Any) -> None:
+    ref: Reference = reference("llama")
+    prompts = ["What is AI?", "Hi there"]
+    url = f"{llama_server.url}/v1/completions"
+    base = {"model": str(llama_server.model), "prompt": prompts, "max_tokens": 4}
+    r = httpx.post(
+        url,
+        json={**base, "output_hidden_states": {"layers": [0, -1], "pooling": "mean"}},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["choices"]) == 2
+    hs = out["hidden_states"]
+    assert hs["layers"] == [0, -1]
+    for i, prompt in enumerate(prompts):
+        for st in hs["data"][i]["layers"]:
+            check(ref, prompt, st["layer"], "mean", st["hidden_state"])
+    # true: the server defaults (layer -2, last token)
+    r = httpx.post(url, json={**base, "output_hidden_states": True}, timeout=120)
+    assert r.status_code == 200, r.text
+    check(ref, prompts[1], -2, "last", r.json()["hidden_states"]["hidden_states"][1])
+    # without the field the answer is vLLM's own
+    assert "hidden_states" not in httpx.post(url, json=base, timeout=120).json()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"stream": True, "output_hidden_states": True}, "stream"),
+        ({"output_hidden_states": {"layers": [9]}}, "-4..3"),
+        ({"output_hidden_states": {"colour": 1}}, "output_hidden_states must be"),
+    ],
+)
+def test_completions_output_hidden_states_errors(
+    llama_server: Server, extra: dict[str, Any], needle: str
+) -> None:
+    body = {"model": str(llama_server.model), "prompt": "hi", "max_tokens": 2, **extra}
+    r = httpx.post(f"{llama_server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["error"]["message"]

@@ -67,12 +67,34 @@ def test_queue_full_is_429_with_retry_after(small_server: Server) -> None:
             assert "too many requests in flight" in err["message"]
 
 
-def _in_flight(server: Server) -> float:
+def _gauge(server: Server, name: str) -> float:
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     for line in text.splitlines():
-        if line.startswith("lamina_requests_in_flight "):
-            return float(line.split()[1])
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
     return 0.0
+
+
+def _in_flight(server: Server) -> float:
+    return _gauge(server, "lamina_requests_in_flight")
+
+
+def test_client_disconnect_aborts_engine_work(small_server: Server) -> None:
+    heavy = {"prompts": SLOW["prompts"] * 4}  # 64 x 240 tokens: many seconds of work
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{small_server.url}/v1/hidden_states", json=heavy, timeout=1.0)
+    deadline = time.monotonic() + 3
+    while True:
+        depth = _gauge(small_server, "lamina_queue_depth")
+        running = _gauge(small_server, "vllm:num_requests_running")
+        waiting = _gauge(small_server, "vllm:num_requests_waiting")
+        if depth == running == waiting == 0:
+            break
+        assert time.monotonic() < deadline, (depth, running, waiting)
+        time.sleep(0.1)
+    # the engine is free again: a small request is answered at once
+    r = httpx.post(f"{small_server.url}/v1/hidden_states", json={"prompts": ["hi"]}, timeout=10)
+    assert r.status_code == 200
 
 
 def test_sigterm_drains(small_server: Server) -> None:

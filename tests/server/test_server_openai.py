@@ -31,6 +31,21 @@ def test_completions(client: openai.OpenAI, llama_server: Server) -> None:
     assert out.usage.completion_tokens > 0
 
 
+def test_completions_with_output_hidden_states(
+    client: openai.OpenAI, llama_server: Server, reference: Any
+) -> None:
+    ref: Reference = reference("llama")
+    out = client.completions.create(
+        model=str(llama_server.model),
+        prompt="What is AI?",
+        max_tokens=4,
+        extra_body={"output_hidden_states": {"layers": [1], "pooling": "last"}},
+    )
+    states = (out.model_extra or {})["hidden_states"]
+    want = ref.expected(ref.tokens("What is AI?"), 1, "last")
+    assert np.abs(np.asarray(states["hidden_states"][0]) - want).max() <= 1e-4
+
+
 def test_chat_completions(client: openai.OpenAI, llama_server: Server) -> None:
     out = client.chat.completions.create(
         model=str(llama_server.model),

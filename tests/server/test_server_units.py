@@ -337,3 +337,49 @@ def test_not_ready_is_503() -> None:
         assert (await client.get("/readyz")).status_code == 503
 
     asyncio.run(run())
+
+
+def test_completions_wrapper_strips_field_and_merges_states() -> None:
+    import json
+
+    from lamina_server.app import LaminaMiddleware
+    from lamina_server.completions import CompletionsHiddenStates
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    seen: list[dict[str, Any]] = []
+
+    async def completions(request: Request) -> JSONResponse:
+        seen.append(json.loads(await request.body()))
+        return JSONResponse({"object": "text_completion", "choices": [{"text": "ok"}]})
+
+    inner = Starlette()
+    inner.add_route("/v1/completions", completions, methods=["POST"])
+
+    _, state, engine = make_client()
+    app = LaminaMiddleware(CompletionsHiddenStates(inner, state), state)
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"prompt": "ab", "max_tokens": 1}
+            r = await client.post(
+                "/v1/completions", json={**body, "output_hidden_states": {"layer": 0}}
+            )
+            assert r.status_code == 200, r.text
+            assert seen[-1] == body
+            out = r.json()
+            assert out["choices"] == [{"text": "ok"}]
+            want = engine.rows(engine.tokenize("ab"), 0)[-1]
+            assert out["hidden_states"]["hidden_states"][0] == want.tolist()
+            r = await client.post("/v1/completions", json=body)
+            assert "hidden_states" not in r.json()
+            assert seen[-1] == body
+            r = await client.post(
+                "/v1/completions", json={**body, "stream": True, "output_hidden_states": True}
+            )
+            assert r.status_code == 422
+            assert len(seen) == 2
+
+    asyncio.run(run())

@@ -1,0 +1,141 @@
+"""``output_hidden_states`` on ``POST /v1/completions`` (an ASGI wrapper, no vLLM).
+
+A completion request may carry ``"output_hidden_states": true`` or an object with the
+``/v1/hidden_states`` options (``layers``/``layer``, ``pooling``, ``encoding_format``,
+``dtype``). The field is removed before vLLM sees the request; the hidden states of
+the *prompt* tokens are extracted alongside the completion and returned in the
+response under ``"hidden_states"`` (the ``/v1/hidden_states`` response object).
+Streaming is refused (422): the states would arrive after the last chunk.
+Requests without the field pass through untouched (the body is only peeked at).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .app import ServerState, error_response, validation_message
+from .errors import ErrorType, LaminaError, invalid
+from .protocol import HiddenStatesRequest
+
+FIELD = "output_hidden_states"
+_OPTIONS = {"layers", "layer", "pooling", "encoding_format", "dtype"}
+
+
+def _prompts(prompt: Any) -> list[Any]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [prompt]
+    if isinstance(prompt, list):
+        return prompt
+    raise invalid("output_hidden_states needs 'prompt' as text, token ids, or a list of them")
+
+
+def hidden_states_request(body: dict[str, Any], option: Any) -> HiddenStatesRequest:
+    """The ``/v1/hidden_states`` request equivalent to a completion's option."""
+    if option is True:
+        options: dict[str, Any] = {}
+    elif isinstance(option, dict) and set(option) <= _OPTIONS:
+        options = dict(option)
+    else:
+        raise invalid(
+            f"{FIELD} must be true or an object with keys {sorted(_OPTIONS)}; got {option!r}"
+        )
+    if body.get("stream"):
+        raise invalid(f"{FIELD} is not supported with stream=true")
+    try:
+        return HiddenStatesRequest.model_validate(
+            {"prompts": _prompts(body.get("prompt")), **options}
+        )
+    except ValidationError as e:
+        raise invalid(f"{FIELD}: {validation_message(e)}") from None
+
+
+class CompletionsHiddenStates:
+    """Wraps the app; handles ``output_hidden_states`` on ``/v1/completions``."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/completions"
+            and scope["method"] == "POST"
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away before sending the body
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        body: Any = None
+        if FIELD.encode() in raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        if not isinstance(body, dict) or FIELD not in body:
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        option = body.pop(FIELD)
+        if option is False or option is None:
+            await self.app(scope, _replay(json.dumps(body).encode(), receive), send)
+            return
+        try:
+            service = self.state.service
+            if service is None or not self.state.ready:
+                raise LaminaError(ErrorType.DRAINING, "model is still loading")
+            plan = service.plan_hidden_states(hidden_states_request(body, option))
+        except LaminaError as e:
+            await error_response(e)(scope, receive, send)
+            return
+
+        captured: dict[str, Any] = {"body": []}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["start"] = message
+            elif message["type"] == "http.response.body":
+                captured["body"].append(message.get("body", b""))
+
+        completion = self.app(scope, _replay(json.dumps(body).encode(), receive), capture)
+        try:
+            _, results = await asyncio.gather(completion, service.run(plan))
+        except LaminaError as e:
+            await error_response(e)(scope, receive, send)
+            return
+        start = captured.get("start") or {"status": 500, "headers": []}
+        payload = b"".join(captured["body"])
+        if start["status"] == 200:
+            merged = json.loads(payload)
+            merged["hidden_states"] = service.render_json(plan, results)
+            payload = json.dumps(merged).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
