@@ -16,8 +16,9 @@
 #
 # Environment: LAMINA_CACHE (default ~/.cache/lamina), VENV (default
 # $LAMINA_CACHE/venv), LAMINA_DEMO_PORT (server port, default 8000),
-# LAMINA_DEMO_NAMESPACE (default lamina-demo).
-# Pid files and logs: $LAMINA_CACHE/demo/.
+# LAMINA_DEMO_OPERATOR_PORT (operator liveness, default 18080),
+# LAMINA_DEMO_NAMESPACE (default lamina-demo), LAMINA_CLUSTER_NAME (default lamina).
+# Pid files and logs: $LAMINA_CACHE/demo/ (demo-<cluster name>/ for other clusters).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +26,9 @@ repo="$(dirname "$here")"
 cache="${LAMINA_CACHE:-$HOME/.cache/lamina}"
 venv="${VENV:-$cache/venv}"
 py="$venv/bin/python"
-demo="$cache/demo"
+cluster_name="${LAMINA_CLUSTER_NAME:-lamina}"
+# Another cluster (hack/cluster.sh's LAMINA_CLUSTER_NAME) gets its own demo dir.
+if [[ $cluster_name == lamina ]]; then demo="$cache/demo"; else demo="$cache/demo-$cluster_name"; fi
 ns="${LAMINA_DEMO_NAMESPACE:-lamina-demo}"
 release=lamina
 llmd=tiny-cpu
@@ -318,7 +321,7 @@ case "${1:-up}" in
 up) up ;;
 down) down ;;
 *)
-	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac
