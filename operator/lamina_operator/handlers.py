@@ -22,7 +22,7 @@ import kopf
 from lamina_operator import metrics
 from lamina_operator.kube import Kube, TransientApiError
 from lamina_operator.reconcile import Memory, Observed, reconcile
-from lamina_operator.render import FIELD_MANAGER, Owner
+from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0
@@ -156,21 +156,14 @@ def _child_changed(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
     runtime.wake((meta["namespace"], owner))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_changed("Deployment", event, memo)
+def _watch_children() -> None:
+    """One event handler per child kind: keep the cache fresh and wake the owner."""
+    for kind, (group, version, plural) in CHILD_RESOURCES.items():
+
+        def changed(event: kopf.RawEvent, memo: kopf.Memo, _kind: str = kind, **_: Any) -> None:
+            _child_changed(_kind, event, memo)
+
+        kopf.on.event(group, version, plural, labels=MANAGED, id=f"{plural}-changed")(changed)
 
 
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-def service_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_changed("Service", event, memo)
-
-
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED)
-def hpa_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_changed("HorizontalPodAutoscaler", event, memo)
-
-
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-def pdb_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _child_changed("PodDisruptionBudget", event, memo)
+_watch_children()

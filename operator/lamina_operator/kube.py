@@ -13,16 +13,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from lamina_operator.render import FIELD_MANAGER, Manifest
+from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Manifest
 from lamina_operator.spec import API_GROUP, API_VERSION, PLURAL
 
-# kind -> (API path prefix, plural) of the children the operator writes.
-_CHILD_PATHS = {
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "Service": ("/api/v1", "services"),
-    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
-}
 _OWN_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"
 
 
@@ -36,7 +29,8 @@ class RejectedByApi(ValueError):
 
 def child_path(kind: str, namespace: str, name: str) -> str:
     """REST path of one child object."""
-    prefix, plural = _CHILD_PATHS[kind]
+    group, version, plural = CHILD_RESOURCES[kind]
+    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
     return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamina_operator.kube import Kube, RejectedByApi
-from lamina_operator.render import CHILD_KINDS, Manifest, Owner, render_children
+from lamina_operator.render import CHILD_RESOURCES, Manifest, Owner, render_children
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 from lamina_operator.status import (
     READY,
@@ -123,7 +123,7 @@ async def _apply_children(
         memory.record(key, manifest, stored)
         if not existed:
             post_event("Normal", "Created", f"created {kind}/{owner.name}")
-    for kind in CHILD_KINDS:
+    for kind in CHILD_RESOURCES:
         key = (kind, owner.namespace, owner.name)
         if kind not in desired and memory.cache.get(key) is not None:
             await kube.delete(kind, owner.namespace, owner.name)

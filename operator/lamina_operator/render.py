@@ -392,8 +392,14 @@ def render_pdb(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
     }
 
 
-# Kinds the operator creates, in apply order; those that may be absent are pruned.
-CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+# Kinds the operator creates, in apply order, with their (group, version, plural);
+# those that may be absent are pruned.
+CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+}
 
 
 def render_children(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Manifest]:
