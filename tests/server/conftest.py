@@ -7,11 +7,16 @@ it. The llama and gpt2 servers are launched together so their start-ups overlap.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The test modules import their helpers as `server_helpers` (pytest runs in importlib
+# mode with only tests/ on sys.path).
+sys.path.insert(0, str(Path(__file__).parent))
 from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from server_helpers import SERVER_FLAGS, Reference, Server
 
