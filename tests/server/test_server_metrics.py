@@ -59,3 +59,16 @@ def test_metrics_parse_and_move(llama_server: Server) -> None:
     assert delta("lamina_request_duration_seconds_count{route=/v1/hidden_states}") == 2
     assert after["lamina_requests_in_flight{}"] == 0
     assert after["lamina_queue_depth{}"] == 0
+
+
+def test_probes(llama_server: Server) -> None:
+    health = httpx.get(f"{llama_server.url}/health", timeout=10)
+    assert health.status_code == 200
+    assert health.json() == {
+        "status": "ok",
+        "model": str(llama_server.model),
+        "num_layers": 4,
+        "hidden_size": 256,
+    }
+    assert httpx.get(f"{llama_server.url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(f"{llama_server.url}/readyz", timeout=10).status_code == 200
