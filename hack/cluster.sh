@@ -6,8 +6,8 @@
 # (hack/cluster/gpu-nodes.yaml) and the lifecycle of pods bound to them.
 #
 # Usage: hack/cluster.sh up|down|status|kubeconfig|env|pids
-#   up          create (or restart) the cluster and wait for Ready nodes;
-#               harmless when it is already up
+#   up          create the cluster and wait for Ready nodes; does nothing
+#               to a healthy cluster, recreates an unhealthy one
 #   down        delete the cluster; leaves no process behind
 #   status      exit 0 when the apiserver answers, print nodes
 #   kubeconfig  print the kubeconfig path
@@ -94,6 +94,7 @@ kwokctl_() {
 		KWOK_KWOK_CONTROLLER_BINARY="$b/kwok" \
 		KWOK_ETCD_BINARY="$b/etcd" \
 		KWOK_KUBECTL_BINARY="$b/kubectl" \
+		PATH="$b:$PATH" \
 		"$b/kwokctl" --name "$name" "$@" 9>&-
 	# (9>&-: the daemons kwokctl forks must not inherit our lock)
 }
@@ -151,18 +152,14 @@ up() {
 		log "already up"
 	else
 		if [[ -d $cluster_dir ]]; then
-			log "cluster exists but is not healthy; restarting it"
-			if ! { kwokctl_ start cluster --wait 2m >&2 && write_kubeconfig && healthy; }; then
-				log "restart failed; recreating"
-				kwokctl_ delete cluster >&2 || true
-				kill_leftovers
-				rm -rf "$cluster_dir"
-				create
-			fi
-		else
-			kill_leftovers
-			create
+			# e.g. after a reboot. `kwokctl start` of a half-dead cluster is
+			# slow and unreliable; a fresh cluster takes seconds.
+			log "cluster exists but is not healthy; recreating it (its objects are lost)"
+			kwokctl_ delete cluster >&2 || true
 		fi
+		kill_leftovers
+		rm -rf "$cluster_dir"
+		create
 		write_kubeconfig
 		wait_for 120 "the apiserver" healthy
 	fi
