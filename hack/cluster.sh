@@ -17,6 +17,7 @@
 # Environment:
 #   LAMINA_CACHE         default $HOME/.cache/lamina
 #   LAMINA_CLUSTER_NAME  default lamina (other names give independent clusters)
+#   KWOKCTL_LOG_LEVEL    default WARN (DEBUG, INFO, WARN, ERROR)
 #   tool overrides (KUBEBUILDER_ASSETS, KUBECTL, ...): see hack/cluster-tools.sh
 #
 # State lives in $LAMINA_CACHE/cluster/: kwok/ is kwokctl's work dir and the
@@ -95,7 +96,7 @@ kwokctl_() {
 		KWOK_ETCD_BINARY="$b/etcd" \
 		KWOK_KUBECTL_BINARY="$b/kubectl" \
 		PATH="$b:$PATH" \
-		"$b/kwokctl" --name "$name" "$@" 9>&-
+		"$b/kwokctl" --v "${KWOKCTL_LOG_LEVEL:-WARN}" --name "$name" "$@" 9>&-
 	# (9>&-: the daemons kwokctl forks must not inherit our lock)
 }
 
