@@ -40,7 +40,7 @@ case "${1:-}" in
 --print-bin-dir) print_bin_dir=1 ;;
 "") ;;
 -h | --help)
-	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *) die "unknown argument: $1 (try --help)" ;;
