@@ -222,3 +222,27 @@ def test_down_leaves_no_process_behind(cluster: Cluster) -> None:
     assert not other.kubeconfig.exists()
     # the session cluster is untouched
     cluster.kubectl("get", "--raw", "/readyz")
+
+
+def test_hpa_controller_enforces_min_replicas(cluster: Cluster, namespace: str) -> None:
+    # No metrics API here, but the real HPA controller still clamps the
+    # replica count into [minReplicas, maxReplicas] before reading metrics.
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.invalid/x:1",
+        "--replicas=1",
+    )
+    cluster.kubectl(
+        "-n", namespace, "autoscale", "deployment", "web", "--min=3", "--max=5", "--cpu=80%"
+    )
+    wait_until(
+        lambda: (
+            cluster.get_json("-n", namespace, "get", "deployment", "web")["spec"]["replicas"] == 3
+        ),
+        timeout=90,
+        what="the HPA to scale web to minReplicas=3",
+    )
