@@ -74,6 +74,7 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -86,7 +87,7 @@ class Server:
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env()
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**server_env(), **self.env}
             )
         return self
 

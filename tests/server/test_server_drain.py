@@ -1,7 +1,9 @@
 """Overload and shutdown: 429 + Retry-After when the queue is full; on SIGTERM
 readiness fails at once, new work gets 503, in-flight work completes, the process exits.
+Also: a client that goes away aborts its engine work; the API key guards vLLM's routes.
 
-Uses its own server (queue limit 3, small prefill budget so requests take a while).
+Uses its own server (queue limit 3, small prefill budget so requests take a while),
+configured through LAMINA_* environment variables and with LAMINA_API_KEY set.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from server_helpers import Server
 pytestmark = pytest.mark.vllm
 
 QUEUE = 3
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 # 16 prompts x 240 tokens with a 32-token prefill budget: well over a second each.
 SLOW = {"prompts": [[(7 * i + j) % 500 + 3 for j in range(240)] for i in range(16)]}
 
@@ -33,24 +37,43 @@ def small_server(tiny_models: dict[str, Path]) -> Iterator[Server]:
         "512",
         "--max-num-batched-tokens",
         "32",
-        "--max-queue-length",
-        str(QUEUE),
-        "--drain-timeout-seconds",
-        "120",
         "--kv-cache-memory-bytes",
         str(256 << 20),
         "--disable-uvicorn-access-log",
     ]
-    server = Server("llama-small", tiny_models["llama"], args).start().wait_ready()
+    env = {
+        "LAMINA_API_KEY": KEY,
+        "LAMINA_MAX_QUEUE_LENGTH": str(QUEUE),
+        "LAMINA_DRAIN_TIMEOUT_SECONDS": "120",
+    }
+    server = Server("llama-small", tiny_models["llama"], args, env=env).start().wait_ready()
     yield server
     server.stop()
 
 
 async def _post_all(server: Server, n: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=300, headers=AUTH) as client:
         return list(
             await asyncio.gather(*[client.post("/v1/hidden_states", json=SLOW) for _ in range(n)])
         )
+
+
+def test_api_key_guards_vllm_and_lamina_routes(small_server: Server) -> None:
+    url = small_server.url
+    completion = {"model": str(small_server.model), "prompt": "hi", "max_tokens": 2}
+    for method, path, body in (
+        ("POST", "/v1/completions", completion),
+        ("POST", "/v1/hidden_states", {"prompts": ["hi"]}),
+        ("GET", "/v1/models", None),
+    ):
+        r = httpx.request(method, url + path, json=body, timeout=30)
+        assert r.status_code == 401, path
+        assert r.json()["error"]["type"] == "authentication_error"
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.request(method, url + path, json=body, headers=wrong).status_code == 401
+        assert httpx.request(method, url + path, json=body, headers=AUTH).status_code == 200
+    for path in ("/health", "/healthz", "/readyz", "/metrics"):
+        assert httpx.get(url + path, timeout=30).status_code == 200, path
 
 
 def test_queue_full_is_429_with_retry_after(small_server: Server) -> None:
@@ -82,7 +105,7 @@ def _in_flight(server: Server) -> float:
 def test_client_disconnect_aborts_engine_work(small_server: Server) -> None:
     heavy = {"prompts": SLOW["prompts"] * 4}  # 64 x 240 tokens: many seconds of work
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{small_server.url}/v1/hidden_states", json=heavy, timeout=1.0)
+        httpx.post(f"{small_server.url}/v1/hidden_states", json=heavy, timeout=1.0, headers=AUTH)
     deadline = time.monotonic() + 3
     while True:
         depth = _gauge(small_server, "lamina_queue_depth")
@@ -93,7 +116,9 @@ def test_client_disconnect_aborts_engine_work(small_server: Server) -> None:
         assert time.monotonic() < deadline, (depth, running, waiting)
         time.sleep(0.1)
     # the engine is free again: a small request is answered at once
-    r = httpx.post(f"{small_server.url}/v1/hidden_states", json={"prompts": ["hi"]}, timeout=10)
+    r = httpx.post(
+        f"{small_server.url}/v1/hidden_states", json={"prompts": ["hi"]}, timeout=10, headers=AUTH
+    )
     assert r.status_code == 200
 
 
@@ -110,7 +135,7 @@ def test_sigterm_drains(small_server: Server) -> None:
         small_server.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
         seen: dict[str, Any] = {}
-        async with httpx.AsyncClient(base_url=small_server.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=30, headers=AUTH) as client:
             seen["readyz"] = await client.get("/readyz")
             seen["health"] = await client.get("/health")
             seen["new"] = await client.post("/v1/hidden_states", json={"prompts": ["late"]})
