@@ -37,7 +37,7 @@ class _Capture:
     layers: tuple[int, ...]
     pooling: str
     prompt_len: int
-    # layer -> [prompt_len, hidden] (mean/all) or [1, hidden] (last)
+    # layer -> [prompt_len, hidden] (all), [1, hidden] (last; mean: running sum)
     buffers: dict[int, torch.Tensor] = field(default_factory=dict)
     seen: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> bool mask
     created: float = field(default_factory=time.monotonic)
@@ -207,14 +207,23 @@ class HiddenStateCapture:
                         cap.seen[index] = torch.ones(1, dtype=torch.bool)
                     continue
                 if buf is None:
-                    buf = cap.buffers[index] = torch.zeros(
-                        (cap.prompt_len, rows.shape[1]), dtype=torch.float32
-                    )
+                    # mean keeps a running sum ([1, hidden]); all keeps every row.
+                    shape = (1 if cap.pooling == "mean" else cap.prompt_len, rows.shape[1])
+                    buf = cap.buffers[index] = torch.zeros(shape, dtype=torch.float32)
                     cap.seen[index] = torch.zeros(cap.prompt_len, dtype=torch.bool)
-                # Assignment copies; positions are absolute, so a recomputed row
-                # (preemption) overwrites rather than duplicates.
-                buf[item.pos_start : item.pos_start + n] = rows
-                cap.seen[index][item.pos_start : item.pos_start + n] = True
+                seen = cap.seen[index][item.pos_start : item.pos_start + n]
+                if cap.pooling == "mean":
+                    # A recomputed row (preemption) was already added: skip it.
+                    fresh = ~seen
+                    if bool(fresh.all()):
+                        buf[0] += rows.to(torch.float32).sum(dim=0)
+                    elif bool(fresh.any()):
+                        buf[0] += rows[fresh].to(torch.float32).sum(dim=0)
+                else:
+                    # Assignment copies; positions are absolute, so a recomputed row
+                    # overwrites rather than duplicates.
+                    buf[item.pos_start : item.pos_start + n] = rows
+                seen[:] = True
 
         return hook
 
@@ -241,9 +250,12 @@ class HiddenStateCapture:
                 continue
             for layer, buf in cap.buffers.items():
                 complete = bool(cap.seen[layer].all())
-                value = buf.mean(dim=0) if cap.pooling == "mean" else buf
-                if cap.pooling == "last":
+                if cap.pooling == "mean":
+                    value = buf[0] / cap.prompt_len
+                elif cap.pooling == "last":
                     value = buf[0]
+                else:
+                    value = buf
                 arr = value.contiguous().numpy()
                 out.append([key, layer, list(arr.shape), arr.tobytes(), complete])
         return out
