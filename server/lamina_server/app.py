@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
@@ -46,7 +46,6 @@ class ServerState:
     admission: Admission
     service: HiddenStateService | None = None
     ready: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def facts(self) -> ModelFacts | None:
