@@ -54,17 +54,28 @@ class _PlanItem:
 def find_decoder_layers(model: torch.nn.Module, num_layers: int) -> list[torch.nn.Module]:
     """The model's decoder layers: the ``ModuleList`` holding ``num_layers`` blocks.
 
-    Works for ``model.layers`` (Llama, Qwen, Mistral…) and ``transformer.h`` (GPT-2…).
+    Works for ``model.layers`` (Llama, Qwen, Mistral…) and ``transformer.h`` (GPT-2…);
+    a language model's list is preferred over a vision tower's of the same length.
     """
-    best: torch.nn.ModuleList | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == num_layers:
-            if name.endswith(("layers", ".h", "blocks", "decoder.layers")):
-                return list(mod)
-            best = best or mod
-    if best is None:
+
+    def rank(name: str) -> int:
+        if "language_model" in name or name.endswith("model.layers"):
+            return 0
+        if name.endswith(("layers", ".h")):
+            return 1
+        if "vision" in name or "visual" in name:
+            return 3
+        return 2
+
+    candidates = [
+        (rank(name), name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == num_layers
+    ]
+    if not candidates:
         raise RuntimeError(f"no ModuleList of {num_layers} decoder layers found in the model")
-    return list(best)
+    candidates.sort(key=lambda c: c[0])
+    return list(candidates[0][2])
 
 
 def residual_stream(output: Any) -> torch.Tensor:

@@ -61,6 +61,8 @@ def server_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
     )
     env.pop("LAMINA_API_KEY", None)
+    tree = str(Path(__file__).resolve().parents[2] / "server")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
     return env
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -383,3 +384,10 @@ def test_completions_wrapper_strips_field_and_merges_states() -> None:
             assert len(seen) == 2
 
     asyncio.run(run())
+
+
+def test_tests_run_this_trees_code() -> None:
+    import lamina_server
+
+    tree = Path(__file__).resolve().parents[2] / "server"
+    assert Path(lamina_server.__file__).resolve().is_relative_to(tree)
