@@ -1,10 +1,13 @@
-"""``output_hidden_states`` on ``POST /v1/completions`` (an ASGI wrapper, no vLLM).
+"""``output_hidden_states`` on ``POST /v1/completions`` and ``/v1/chat/completions``
+(an ASGI wrapper, no vLLM).
 
 A completion request may carry ``"output_hidden_states": true`` or an object with the
 ``/v1/hidden_states`` options (``layers``/``layer``, ``pooling``, ``encoding_format``,
 ``dtype``). The field is removed before vLLM sees the request; the hidden states of
 the *prompt* tokens are extracted alongside the completion and returned in the
 response under ``"hidden_states"`` (the ``/v1/hidden_states`` response object).
+For chat, the prompt is the conversation rendered with the model's chat template
+(generation prompt included), tokenized as vLLM does; text messages only.
 Streaming is refused (422): the states would arrive after the last chunk.
 Requests without the field pass through untouched (the body is only peeked at).
 """
@@ -24,6 +27,8 @@ from .protocol import HiddenStatesRequest
 
 FIELD = "output_hidden_states"
 _OPTIONS = {"layers", "layer", "pooling", "encoding_format", "dtype"}
+CHAT = "/v1/chat/completions"
+PATHS = ("/v1/completions", CHAT)
 
 
 def _prompts(prompt: Any) -> list[Any]:
@@ -36,8 +41,11 @@ def _prompts(prompt: Any) -> list[Any]:
     raise invalid("output_hidden_states needs 'prompt' as text, token ids, or a list of them")
 
 
-def hidden_states_request(body: dict[str, Any], option: Any) -> HiddenStatesRequest:
-    """The ``/v1/hidden_states`` request equivalent to a completion's option."""
+def hidden_states_request(
+    body: dict[str, Any], option: Any, chat_tokens: list[int] | None = None
+) -> HiddenStatesRequest:
+    """The ``/v1/hidden_states`` request equivalent to a completion's option
+    (for chat, ``chat_tokens`` is the rendered conversation)."""
     if option is True:
         options: dict[str, Any] = {}
     elif isinstance(option, dict) and set(option) <= _OPTIONS:
@@ -49,26 +57,21 @@ def hidden_states_request(body: dict[str, Any], option: Any) -> HiddenStatesRequ
     if body.get("stream"):
         raise invalid(f"{FIELD} is not supported with stream=true")
     try:
-        return HiddenStatesRequest.model_validate(
-            {"prompts": _prompts(body.get("prompt")), **options}
-        )
+        prompts = [chat_tokens] if chat_tokens is not None else _prompts(body.get("prompt"))
+        return HiddenStatesRequest.model_validate({"prompts": prompts, **options})
     except ValidationError as e:
         raise invalid(f"{FIELD}: {validation_message(e)}") from None
 
 
 class CompletionsHiddenStates:
-    """Wraps the app; handles ``output_hidden_states`` on ``/v1/completions``."""
+    """Wraps the app; handles ``output_hidden_states`` on completions and chat."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (
-            scope["type"] == "http"
-            and scope["path"] == "/v1/completions"
-            and scope["method"] == "POST"
-        ):
+        if not (scope["type"] == "http" and scope["path"] in PATHS and scope["method"] == "POST"):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -97,7 +100,14 @@ class CompletionsHiddenStates:
             service = self.state.service
             if service is None or not self.state.ready:
                 raise LaminaError(ErrorType.DRAINING, "model is still loading")
-            plan = service.plan_hidden_states(hidden_states_request(body, option))
+            chat_tokens = None
+            if scope["path"] == CHAT:
+                if body.get("stream"):
+                    raise invalid(f"{FIELD} is not supported with stream=true")
+                chat_tokens = service.engine.chat_tokens(
+                    body.get("messages"), bool(body.get("add_special_tokens", False))
+                )
+            plan = service.plan_hidden_states(hidden_states_request(body, option, chat_tokens))
         except LaminaError as e:
             await error_response(e)(scope, receive, send)
             return

@@ -28,6 +28,7 @@ from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
 from .config import LaminaSettings, Pooling
+from .errors import invalid
 from .limits import Admission
 from .metrics import Metrics
 from .service import F32, HiddenStateService, ModelFacts
@@ -139,6 +140,22 @@ class VllmHiddenStateEngine:
 
     async def check_health(self) -> None:
         await self.client.check_health()
+
+    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
+        valid = isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        )
+        if not valid or not messages:
+            raise invalid("output_hidden_states on chat needs 'messages' with text 'content' only")
+        try:
+            # Rendered to text, then tokenized without added specials: what vLLM's
+            # chat path does (the template carries any BOS itself).
+            text = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as e:
+            raise invalid(f"cannot apply the chat template: {e}") from None
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def _run_one(self, ids: Sequence[int], key: str, spec: dict[str, Any]) -> None:
         from vllm import SamplingParams

@@ -52,6 +52,13 @@ class HiddenStateEngine(Protocol):
         """Token ids of ``text`` as the model's tokenizer gives them (specials included)."""
         ...
 
+    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of a chat conversation as the server renders it for generation
+        (chat template with the generation prompt; specials added on top only when
+        asked, as vLLM's chat API does). Raises a 422 LaminaError when ``messages``
+        cannot be rendered."""
+        ...
+
     async def extract(
         self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
     ) -> list[dict[int, F32]]:

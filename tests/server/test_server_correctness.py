@@ -263,3 +263,39 @@ def test_completions_output_hidden_states_errors(
     r = httpx.post(f"{llama_server.url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 422, r.text
     assert needle in r.json()["error"]["message"]
+
+
+def test_chat_completions_output_hidden_states(llama_server: Server, reference: Any) -> None:
+    ref: Reference = reference("llama")
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is a residual stream?"},
+    ]
+    r = httpx.post(
+        f"{llama_server.url}/v1/chat/completions",
+        json={
+            "model": str(llama_server.model),
+            "messages": messages,
+            "max_tokens": 3,
+            "output_hidden_states": {"layers": [1], "pooling": "all"},
+        },
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    text = ref.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = list(ref.tokenizer(text, add_special_tokens=False)["input_ids"])
+    hs = out["hidden_states"]
+    assert hs["prompt_tokens"] == [len(ids)] == [out["usage"]["prompt_tokens"]]
+    check(ref, ids, 1, "all", hs["hidden_states"][0])
+    bad = httpx.post(
+        f"{llama_server.url}/v1/chat/completions",
+        json={
+            "model": str(llama_server.model),
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+            "output_hidden_states": True,
+        },
+        timeout=60,
+    )
+    assert bad.status_code == 422
+    assert "text 'content' only" in bad.json()["error"]["message"]

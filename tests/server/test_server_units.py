@@ -220,6 +220,9 @@ class FakeEngine:
     def tokenize(self, text: str) -> list[int]:
         return [ord(c) % 100 for c in text]
 
+    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
+        return self.tokenize("".join(m["content"] for m in messages))
+
     def rows(self, ids: Sequence[int], layer: int) -> F32:
         t = np.asarray(ids, np.float32)[:, None]
         return ((layer + 1) * t + np.arange(8, dtype=np.float32)).astype(np.float32)
