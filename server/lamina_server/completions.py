@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import ServerState, error_response, validation_message
 from .errors import ErrorType, LaminaError, invalid
 from .protocol import HiddenStatesRequest
+
+log = logging.getLogger("lamina_server")
 
 FIELD = "output_hidden_states"
 _OPTIONS = {"layers", "layer", "pooling", "encoding_format", "dtype"}
@@ -125,6 +128,11 @@ class CompletionsHiddenStates:
             _, results = await asyncio.gather(completion, service.run(plan))
         except LaminaError as e:
             await error_response(e)(scope, receive, send)
+            return
+        except Exception as e:  # engine failure: the same envelope as everywhere
+            log.exception("engine error during output_hidden_states")
+            err = LaminaError(ErrorType.ENGINE, f"engine error: {e}")
+            await error_response(err)(scope, receive, send)
             return
         start = captured.get("start") or {"status": 500, "headers": []}
         payload = b"".join(captured["body"])
