@@ -8,6 +8,9 @@ export LAMINA_CACHE
 VENV ?= $(LAMINA_CACHE)/venv
 PY := $(VENV)/bin/python
 export VLLM_TARGET_DEVICE := cpu
+# This tree's packages win over whatever clone the shared venv's editable install
+# points at (several clones, e.g. CI's, share one environment).
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/server
 
 .PHONY: help
 help: ## list targets

@@ -55,6 +55,12 @@ PY
   "$pip" install -q -c "$venv/constraints.txt" -e "$here[operator,server,dev]"
   echo "$key" > "$stamp"
 fi
-# Point the (possibly shared) environment at this clone.
-"$venv/bin/pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here"
+# Point the (possibly shared) environment at this clone. setuptools' editable build is
+# chatty on stderr; show its log only when it fails.
+log=$(mktemp)
+if ! "$venv/bin/pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here" >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
+rm -f "$log"
 echo ">> python environment ready: $venv"
