@@ -113,15 +113,18 @@ async def keep_true(
                 metrics.observe_reconcile("retry", time.perf_counter() - started)
                 logger.warning(f"will retry in {delay:.0f}s: {error}")
                 wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
+            # While backing off, changes wait for the backoff: they cannot fix the API.
+            backing_off = wait < RESYNC_SECONDS
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    stop = asyncio.ensure_future(stopped.wait())
-                    woken = asyncio.ensure_future(waker.wait())
+                    waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stopped.wait())}
+                    if not backing_off:
+                        waiters.add(asyncio.ensure_future(waker.wait()))
                     try:
-                        await asyncio.wait({stop, woken}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        stop.cancel()
-                        woken.cancel()
+                        for waiter in waiters:
+                            waiter.cancel()
     finally:
         runtime.wakers.pop(key, None)
 
