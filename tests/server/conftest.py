@@ -17,9 +17,6 @@ import pytest
 # The test modules import their helpers as `server_helpers` (pytest runs in importlib
 # mode with only tests/ on sys.path).
 sys.path.insert(0, str(Path(__file__).parent))
-# Test this tree's lamina_server even when the shared venv's editable install points
-# at another clone (servers get the same path through PYTHONPATH, see server_env()).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "server"))
 from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from server_helpers import SERVER_FLAGS, Reference, Server
 
