@@ -27,12 +27,13 @@ from .errors import ErrorType, LaminaError, error_body
 from .limits import Admission
 from .metrics import Metrics, route_label
 from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest
-from .service import HiddenStateService, ModelFacts
+from .service import HiddenStateService, ModelFacts, dumps_json
 
 log = logging.getLogger("lamina_server")
 
 OPEN_PATHS = frozenset({"/health", "/healthz", "/readyz", "/metrics", "/metrics/"})
 OCTET_STREAM = "application/octet-stream"
+JSON = "application/json"
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -132,7 +133,7 @@ def build_router(state: ServerState) -> APIRouter:
             if OCTET_STREAM in request.headers.get("accept", ""):
                 body = service.render_safetensors(plan, results)
                 return Response(body, media_type=OCTET_STREAM)
-            return JSONResponse(service.render_json(plan, results))
+            return Response(dumps_json(service.render_json(plan, results)), media_type=JSON)
 
         return await guarded(handle)
 
@@ -149,7 +150,7 @@ def build_router(state: ServerState) -> APIRouter:
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
                 return Response(status_code=499)
-            return JSONResponse(service.render_embeddings(plan, results))
+            return Response(dumps_json(service.render_embeddings(plan, results)), media_type=JSON)
 
         return await guarded(handle)
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import ServerState, error_response, validation_message
 from .errors import ErrorType, LaminaError, invalid
 from .protocol import HiddenStatesRequest
+from .service import dumps_json
 
 log = logging.getLogger("lamina_server")
 
@@ -139,7 +140,7 @@ class CompletionsHiddenStates:
         if start["status"] == 200:
             merged = json.loads(payload)
             merged["hidden_states"] = service.render_json(plan, results)
-            payload = json.dumps(merged).encode()
+            payload = dumps_json(merged)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})

@@ -13,23 +13,29 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from .config import LaminaSettings, Pooling
-from .encoding import BYTES_PER_VALUE, DType, EncodingFormat, encode, safetensors_bytes
+from .encoding import BYTES_PER_VALUE, DType, EncodingFormat, encode_array, safetensors_bytes
 from .errors import invalid, too_large
 from .layers import resolve_layers
 from .limits import response_bytes
 from .metrics import Metrics
 from .protocol import (
     EmbeddingsRequest,
-    HiddenStatesMetadata,
     HiddenStatesRequest,
-    HiddenStatesResponse,
-    LayerState,
-    PromptStates,
 )
 
 F32 = npt.NDArray[np.float32]
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps_json(obj: Any) -> bytes:
+    """Compact JSON of a rendered response (numpy arrays serialised by orjson, without
+    building Python float lists; they parse to exactly the numbers ``json.dumps`` gave
+    for those lists)."""
+    return orjson.dumps(obj, option=_ORJSON_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -218,42 +224,44 @@ class HiddenStateService:
     # -- rendering ---------------------------------------------------------------
 
     def render_json(self, plan: Plan, results: list[dict[int, F32]]) -> dict[str, Any]:
-        data: list[PromptStates] = []
-        for i, per_prompt in enumerate(results):
-            data.append(
-                PromptStates(
-                    index=i,
-                    prompt_tokens=plan.prompt_tokens[i],
-                    layers=[
-                        LayerState(
-                            layer=layer,
-                            resolved_layer=absolute,
-                            hidden_state=encode(
-                                per_prompt[absolute], plan.encoding_format, plan.dtype
-                            ),
-                        )
-                        for layer, absolute in zip(plan.layers, plan.resolved, strict=True)
-                    ],
-                )
-            )
-        response = HiddenStatesResponse(
-            hidden_states=[d.layers[0].hidden_state for d in data],
-            layer=plan.layers[0],
-            model=self.facts.name,
-            prompt_tokens=plan.prompt_tokens,
-            metadata=HiddenStatesMetadata(
-                num_prompts=len(plan.token_ids),
-                hidden_size=self.facts.hidden_size,
-                dtype=plan.dtype,
-                num_layers=self.facts.num_layers,
-                pooling=plan.pooling,
-                encoding_format=plan.encoding_format,
-            ),
-            layers=plan.layers,
-            resolved_layers=plan.resolved,
-            data=data,
-        )
-        return response.model_dump()
+        """The :class:`HiddenStatesResponse` object (same fields, same order), built as
+        a plain dict whose ``hidden_state`` values are numpy arrays (or base64 text):
+        serialise it with :func:`dumps_json`, not ``json.dumps``."""
+        pairs = list(zip(plan.layers, plan.resolved, strict=True))
+        prompt_tokens = plan.prompt_tokens
+        fmt, dtype = plan.encoding_format, plan.dtype
+        data: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "prompt_tokens": prompt_tokens[i],
+                "layers": [
+                    {
+                        "layer": layer,
+                        "resolved_layer": absolute,
+                        "hidden_state": encode_array(per_prompt[absolute], fmt, dtype),
+                    }
+                    for layer, absolute in pairs
+                ],
+            }
+            for i, per_prompt in enumerate(results)
+        ]
+        return {
+            "hidden_states": [d["layers"][0]["hidden_state"] for d in data],
+            "layer": plan.layers[0],
+            "model": self.facts.name,
+            "prompt_tokens": prompt_tokens,
+            "metadata": {
+                "num_prompts": len(plan.token_ids),
+                "hidden_size": self.facts.hidden_size,
+                "dtype": dtype,
+                "num_layers": self.facts.num_layers,
+                "pooling": plan.pooling,
+                "encoding_format": fmt,
+            },
+            "layers": plan.layers,
+            "resolved_layers": plan.resolved,
+            "data": data,
+        }
 
     def render_safetensors(self, plan: Plan, results: list[dict[int, F32]]) -> bytes:
         """Tensors ``layer.<requested>`` = ``[prompts, hidden]`` when pooled, else
@@ -276,6 +284,7 @@ class HiddenStateService:
         return safetensors_bytes(tensors, plan.dtype, metadata)
 
     def render_embeddings(self, plan: Plan, results: list[dict[int, F32]]) -> dict[str, Any]:
+        """The OpenAI embeddings object (numpy arrays inside: see :func:`dumps_json`)."""
         absolute = plan.resolved[0]
         tokens = sum(plan.prompt_tokens)
         return {
@@ -284,7 +293,7 @@ class HiddenStateService:
                 {
                     "object": "embedding",
                     "index": i,
-                    "embedding": encode(r[absolute], plan.encoding_format, "float32"),
+                    "embedding": encode_array(r[absolute], plan.encoding_format, "float32"),
                 }
                 for i, r in enumerate(results)
             ],

@@ -33,6 +33,7 @@ from lamina_server.layers import resolve_layer, resolve_layers
 from lamina_server.limits import Admission, response_bytes
 from lamina_server.metrics import Metrics
 from lamina_server.pooling import pool
+from lamina_server.protocol import HiddenStatesResponse
 from lamina_server.service import F32, HiddenStateService, ModelFacts
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -152,6 +153,26 @@ def test_base64_round_trips() -> None:
     np.testing.assert_array_equal(half, x.astype(np.float16))
     assert len(to_dtype_bytes(x, "bfloat16")) == 14
     assert encode(x, "float", "float32") == x.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_orjson_numbers_are_the_float_lists(dtype: Any) -> None:
+    """Responses serialise numpy arrays with orjson: the JSON must parse to exactly the
+    numbers ``json.dumps`` gave for the Python float lists (only exponents are spelt
+    differently: ``1e-7`` for ``1e-07``)."""
+    import json
+
+    from lamina_server.encoding import encode_array
+    from lamina_server.service import dumps_json
+
+    rng = np.random.default_rng(1)
+    for x in (rng.standard_normal(768), rng.standard_normal((5, 64)) * 1e-6):
+        x = x.astype(np.float32)
+        old = json.dumps(encode(x, "float", dtype), separators=(",", ":")).encode()
+        new = dumps_json(encode_array(x, "float", dtype))
+        assert json.loads(new) == json.loads(old)
+        assert json.loads(old) == round_to_dtype(x, dtype).tolist()
+    assert encode_array(x, "base64", dtype) == encode(x, "base64", dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -278,6 +299,7 @@ def test_hidden_states_over_fake_engine() -> None:
         want = engine.rows(engine.tokenize("ab"), 3).mean(0)
         np.testing.assert_allclose(body["hidden_states"][0], want)
         assert body["data"][1]["layers"][1]["hidden_state"] == engine.rows([5], 0)[0].tolist()
+        assert HiddenStatesResponse.model_validate(body).model_dump() == body  # same shape
 
     asyncio.run(run())
 
