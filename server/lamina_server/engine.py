@@ -117,6 +117,11 @@ class VllmHiddenStateEngine:
         self.metrics = metrics
         self._tokenizer = client.get_tokenizer()
         self._fetcher = _Fetcher(client)
+        # Token-id prompts are rendered here, on the event loop (cheap: no tokenizer),
+        # as vLLM documents for AsyncLLM.generate: a raw prompt would be rendered on
+        # vLLM's renderer thread pool instead, a thread hand-off per request that cost
+        # more than the rendering itself.
+        self._renderer = getattr(client, "renderer", None)
 
     @classmethod
     async def create(cls, client: Any, metrics: Metrics) -> VllmHiddenStateEngine:
@@ -157,7 +162,18 @@ class VllmHiddenStateEngine:
             raise invalid(f"cannot apply the chat template: {e}") from None
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    async def _run_one(self, ids: Sequence[int], key: str, spec: dict[str, Any]) -> None:
+    def _engine_inputs(self, prompts: Sequence[Sequence[int]]) -> list[Any]:
+        """vLLM's engine inputs for token-id prompts (what ``generate`` would render)."""
+        raw = [{"prompt_token_ids": list(ids)} for ids in prompts]
+        if self._renderer is None:
+            return raw
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        mc = self.client.model_config
+        parsed = [parse_model_prompt(mc, p) for p in raw]
+        return list(self._renderer.render_cmpl(parsed, self._renderer.default_cmpl_tok_params))
+
+    async def _run_one(self, prompt: Any, key: str, spec: dict[str, Any]) -> None:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -168,9 +184,7 @@ class VllmHiddenStateEngine:
         )
         self.metrics.queue_depth.inc()
         try:
-            async for _ in self.client.generate(
-                {"prompt_token_ids": list(ids)}, params, request_id=f"lamina-{key}"
-            ):
+            async for _ in self.client.generate(prompt, params, request_id=f"lamina-{key}"):
                 pass
         finally:
             self.metrics.queue_depth.dec()
@@ -179,11 +193,12 @@ class VllmHiddenStateEngine:
         self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
     ) -> list[dict[int, F32]]:
         keys = [uuid.uuid4().hex for _ in prompts]
+        inputs = self._engine_inputs(prompts)
         runs = [
             asyncio.ensure_future(
-                self._run_one(ids, key, {"key": key, "layers": list(layers), "pooling": pooling})
+                self._run_one(inp, key, {"key": key, "layers": list(layers), "pooling": pooling})
             )
-            for ids, key in zip(prompts, keys, strict=True)
+            for inp, key in zip(inputs, keys, strict=True)
         ]
         try:
             await asyncio.gather(*runs)
