@@ -10,7 +10,7 @@ MLP 1920; built locally by ``lamina_server.tiny_model``). Prompts: random token 
 
 * transformers ``output_hidden_states=True``, one prompt at a time and in batches of 32;
 * the engine alone (``VllmHiddenStateEngine.extract`` in-process, no HTTP), all prompts
-  submitted at once;
+  submitted at once, then one prompt per call at concurrency 8 and 32 (as the HTTP rows);
 * ``POST /v1/hidden_states`` (one prompt per request, layer -2, pooling last) against
   ``python -m lamina_server`` at concurrency 1, 8 and 32, with p50/p99 latency.
 
@@ -115,29 +115,43 @@ def engine_args(path: Path, dtype: str) -> list[str]:
     ]
 
 
-def bench_engine_alone(path: Path, prompts: list[list[int]], dtype: str) -> Row:
-    """In a child process (vLLM's engine start-up wants a __main__ guard)."""
+ENGINE_ALL = "engine alone (no HTTP), all at once"
+
+
+def bench_engine_alone(
+    path: Path, prompts: list[list[int]], dtype: str, repeats: int = 1
+) -> list[Row]:
+    """In a child process (vLLM's engine start-up wants a __main__ guard).
+
+    All prompts in one ``extract`` call, then one prompt per call from 8 and 32
+    concurrent callers: what the HTTP rows do, without HTTP (so their gap to these
+    rows is the HTTP layer's cost, and the gap between these rows the concurrency's).
+    """
     code = (
         "import sys, json; from bench_extraction import _engine_alone_main; "
-        "_engine_alone_main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))"
+        "_engine_alone_main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))"
     )
     import json
 
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path), dtype, json.dumps(prompts)],
+        [sys.executable, "-c", code, str(path), dtype, json.dumps(prompts), str(repeats)],
         cwd=Path(__file__).parent,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
         capture_output=True,
         text=True,
         check=False,
     )
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("TOKENS_PER_S ")]
+    lines = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("TOKENS_PER_S ")]
     if not lines:
         raise RuntimeError(f"engine benchmark failed:\n{out.stderr[-3000:]}")
-    return Row("engine alone (no HTTP), all at once", dtype, float(lines[-1].split()[1]))
+    rows = [Row(ENGINE_ALL, dtype, float(v)) for _, c, v in lines if c == "all"]
+    rows += [
+        Row(f"engine alone, concurrency {c}", dtype, float(v)) for _, c, v in lines if c != "all"
+    ]
+    return rows
 
 
-def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]]) -> None:
+def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]], repeats: int = 1) -> None:
     from lamina_server.engine import WORKER_EXTENSION, VllmHiddenStateEngine, apply_cpu_defaults
     from lamina_server.metrics import Metrics
     from prometheus_client import CollectorRegistry
@@ -162,10 +176,31 @@ def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]]) -> None:
             engine = await VllmHiddenStateEngine.create(llm, Metrics(CollectorRegistry()))
             layer = engine.facts.num_layers - 2
             await engine.extract(prompts[:8], [layer], "last")  # warm-up
-            t = time.perf_counter()
-            await engine.extract(prompts, [layer], "last")
             tokens = sum(len(p) for p in prompts)
-            print("TOKENS_PER_S", tokens / (time.perf_counter() - t), flush=True)
+
+            async def all_at_once() -> None:
+                await engine.extract(prompts, [layer], "last")
+
+            async def one_by_one(concurrency: int) -> None:
+                queue = list(reversed(prompts))
+
+                async def worker() -> None:
+                    while queue:
+                        await engine.extract([queue.pop()], [layer], "last")
+
+                await asyncio.gather(*[worker() for _ in range(concurrency)])
+
+            for label, run_once in (
+                ("all", all_at_once),
+                ("8", lambda: one_by_one(8)),
+                ("32", lambda: one_by_one(32)),
+            ):
+                rates = []
+                for _ in range(repeats):  # noisy machine: the median run
+                    t = time.perf_counter()
+                    await run_once()
+                    rates.append(tokens / (time.perf_counter() - t))
+                print("TOKENS_PER_S", label, statistics.median(rates), flush=True)
         finally:
             llm.shutdown()
 
@@ -266,7 +301,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--skip", default="", help="comma list of: transformers,engine,http")
     p.add_argument(
-        "--http-repeats", type=int, default=1, help="runs per HTTP row; the median is shown"
+        "--repeats", type=int, default=1, help="runs per engine/HTTP row; the median is shown"
     )
     a = p.parse_args()
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
@@ -286,14 +321,14 @@ def main() -> None:
             rows += bench_transformers(path, prompts, dtype)
             print(rows[-2:], flush=True)
         if "engine" not in skip:
-            rows.append(bench_engine_alone(path, prompts, dtype))
-            print(rows[-1:], flush=True)
+            rows += bench_engine_alone(path, prompts, dtype, a.repeats)
+            print(rows[-3:], flush=True)
         if "http" not in skip:
-            rows += bench_http(path, prompts, dtype, a.http_repeats)
+            rows += bench_http(path, prompts, dtype, a.repeats)
             print(rows[-3:], flush=True)
 
     base = {r.dtype: r.tokens_per_s for r in rows if r.path.startswith("transformers, 1")}
-    engine = {r.dtype: r.tokens_per_s for r in rows if r.path.startswith("engine")}
+    engine = {r.dtype: r.tokens_per_s for r in rows if r.path == ENGINE_ALL}
     print()
     head = f"| {'path':40} | {'dtype':8} | {'tokens/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} "
     head += "| vs HF 1-by-1 | vs engine |"
