@@ -243,7 +243,11 @@ async def warm_up(engine: VllmHiddenStateEngine) -> None:
 def direct_predicate(app: Any) -> Callable[[Any], bool] | None:
     """When :class:`LaminaMiddleware` may answer the engine routes itself, bypassing
     vLLM's app: only if that app's middleware is what vLLM adds by default (CORS, which
-    only matters to requests with an ``Origin``, and elastic-EP scaling, checked here)."""
+    only matters to requests with an ``Origin``; elastic-EP scaling, checked here; and
+    the Prometheus instrumentator of vLLM's ``http_*`` metrics, which then no longer
+    count these two routes: ``lamina_requests`` and ``lamina_request_duration_seconds``
+    do)."""
+    from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
     from starlette.middleware.cors import CORSMiddleware
     from vllm.entrypoints.serve.elastic_ep.middleware import (
         ScalingMiddleware,
@@ -251,7 +255,7 @@ def direct_predicate(app: Any) -> Callable[[Any], bool] | None:
     )
 
     kinds = [m.cls for m in app.user_middleware]
-    if not set(kinds) <= {CORSMiddleware, ScalingMiddleware}:
+    if not set(kinds) <= {CORSMiddleware, ScalingMiddleware, PrometheusInstrumentatorMiddleware}:
         log.info("extra middleware %s: engine routes go through vLLM's app", kinds)
         return None
 
