@@ -105,13 +105,8 @@ def _service(state: ServerState) -> HiddenStateService:
     return state.service
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-_ERRORS: dict[int | str, dict[str, Any]] = {413: {}, 422: {}, 429: {}, 503: {}, 500: {}}
-
-
-def engine_handlers(state: ServerState) -> dict[str, Handler]:
-    """The ``POST`` handlers of the engine routes, by path. Mounted on the router, and
-    also called directly by :class:`LaminaMiddleware` (its ``direct`` fast path)."""
+def build_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
 
     async def guarded(call: Callable[[], Awaitable[Response]]) -> Response:
         try:
@@ -122,6 +117,11 @@ def engine_handlers(state: ServerState) -> dict[str, Handler]:
             log.exception("engine error")
             return error_response(LaminaError(ErrorType.ENGINE, f"engine error: {e}"))
 
+    @router.post(
+        "/v1/hidden_states",
+        responses={413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
+        summary="Hidden states (residual stream) of chosen layers for given prompts",
+    )
     async def hidden_states(request: Request) -> Response:
         async def handle() -> Response:
             req = parse_body(HiddenStatesRequest, await request.body())
@@ -137,6 +137,11 @@ def engine_handlers(state: ServerState) -> dict[str, Handler]:
 
         return await guarded(handle)
 
+    @router.post(
+        "/v1/embeddings",
+        responses={413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
+        summary="OpenAI embeddings: a pooled hidden state of one layer",
+    )
     async def embeddings(request: Request) -> Response:
         async def handle() -> Response:
             req = parse_body(EmbeddingsRequest, await request.body())
@@ -148,27 +153,6 @@ def engine_handlers(state: ServerState) -> dict[str, Handler]:
             return Response(dumps_json(service.render_embeddings(plan, results)), media_type=JSON)
 
         return await guarded(handle)
-
-    return {"/v1/hidden_states": hidden_states, "/v1/embeddings": embeddings}
-
-
-def build_router(state: ServerState) -> APIRouter:
-    router = APIRouter()
-    handlers = engine_handlers(state)
-    router.add_api_route(
-        "/v1/hidden_states",
-        handlers["/v1/hidden_states"],
-        methods=["POST"],
-        responses=_ERRORS,
-        summary="Hidden states (residual stream) of chosen layers for given prompts",
-    )
-    router.add_api_route(
-        "/v1/embeddings",
-        handlers["/v1/embeddings"],
-        methods=["POST"],
-        responses=_ERRORS,
-        summary="OpenAI embeddings: a pooled hidden state of one layer",
-    )
 
     @router.get("/health", response_model=Health)
     async def health() -> Response:
@@ -217,29 +201,12 @@ def build_router(state: ServerState) -> APIRouter:
     return router
 
 
-def plain_request(scope: Scope) -> bool:
-    """No ``Origin`` header: not a browser's cross-origin request, so CORS (which the
-    wrapped app's middleware may implement) has nothing to add to the answer."""
-    return not any(name == b"origin" for name, _ in scope.get("headers", ()))
-
-
 class LaminaMiddleware:
-    """Bearer auth, admission control on ``/v1/*``, request metrics.
+    """Bearer auth, admission control on ``/v1/*``, request metrics."""
 
-    With ``direct``, a ``POST`` to an engine route (:func:`engine_handlers`) for which
-    ``direct(scope)`` is true is answered here, by the same handler, without going
-    through the wrapped app (routing, dependency solving and its middleware stack cost
-    a measurable share of the server's CPU per request). The caller passes ``direct``
-    only when that stack has nothing to add to such a request.
-    """
-
-    def __init__(
-        self, app: ASGIApp, state: ServerState, direct: Callable[[Scope], bool] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
         self.state = state
-        self.direct = direct
-        self.handlers = engine_handlers(state) if direct is not None else {}
 
     async def _reject(self, send: Send, err: LaminaError) -> None:
         await error_response(err)({"type": "http"}, _no_receive, send)
@@ -277,16 +244,6 @@ class LaminaMiddleware:
                     return
                 admitted = True
                 state.metrics.in_flight.inc()
-            handler = self.handlers.get(path)
-            if (
-                handler is not None
-                and scope["method"] == "POST"
-                and self.direct is not None
-                and self.direct(scope)
-            ):
-                response = await handler(Request(scope, receive))
-                await response(scope, receive, send_and_record)
-                return
             await self.app(scope, receive, send_and_record)
         finally:
             if admitted:
@@ -335,7 +292,7 @@ def create_app(state: ServerState, *, metrics_registry: Any = None) -> FastAPI:
 
     app = FastAPI()
     install(app, state)
-    app.add_middleware(LaminaMiddleware, state=state, direct=plain_request)
+    app.add_middleware(LaminaMiddleware, state=state)
     if metrics_registry is not None:
         app.mount("/metrics", make_asgi_app(registry=metrics_registry))
     return app

@@ -19,12 +19,12 @@ import os
 import signal
 import uuid
 from argparse import Namespace
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .app import LaminaMiddleware, ServerState, install, plain_request
+from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
 from .config import LaminaSettings, Pooling, cpu_binding_env
@@ -240,31 +240,6 @@ async def warm_up(engine: VllmHiddenStateEngine) -> None:
             raise RuntimeError(f"warm-up capture of layer {layer} is wrong: {got.shape}")
 
 
-def direct_predicate(app: Any) -> Callable[[Any], bool] | None:
-    """When :class:`LaminaMiddleware` may answer the engine routes itself, bypassing
-    vLLM's app: only if that app's middleware is what vLLM adds by default (CORS, which
-    only matters to requests with an ``Origin``; elastic-EP scaling, checked here; and
-    the Prometheus instrumentator of vLLM's ``http_*`` metrics, which then no longer
-    count these two routes: ``lamina_requests`` and ``lamina_request_duration_seconds``
-    do)."""
-    from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-    from starlette.middleware.cors import CORSMiddleware
-    from vllm.entrypoints.serve.elastic_ep.middleware import (
-        ScalingMiddleware,
-        get_scaling_elastic_ep,
-    )
-
-    kinds = [m.cls for m in app.user_middleware]
-    if not set(kinds) <= {CORSMiddleware, ScalingMiddleware, PrometheusInstrumentatorMiddleware}:
-        log.info("extra middleware %s: engine routes go through vLLM's app", kinds)
-        return None
-
-    def direct(scope: Any) -> bool:
-        return plain_request(scope) and not get_scaling_elastic_ep()  # type: ignore[no-untyped-call]
-
-    return direct
-
-
 async def serve(settings: LaminaSettings, args: Namespace) -> None:
     """Run vLLM's OpenAI server with Lamina's routes until drained."""
     import uvicorn
@@ -305,9 +280,7 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
         )
 
         config = uvicorn.Config(
-            LaminaMiddleware(
-                CompletionsHiddenStates(app, state), state, direct=direct_predicate(app)
-            ),
+            LaminaMiddleware(CompletionsHiddenStates(app, state), state),
             host=args.host,
             port=args.port,
             log_level=args.uvicorn_log_level,

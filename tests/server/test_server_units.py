@@ -304,36 +304,6 @@ def test_hidden_states_over_fake_engine() -> None:
     asyncio.run(run())
 
 
-def test_direct_path_answers_engine_routes_without_the_wrapped_app() -> None:
-    """LaminaMiddleware's ``direct`` path: plain POSTs to the engine routes are answered
-    by the same handlers without the wrapped app; requests with an Origin (CORS) and
-    other routes still go through it."""
-    from fastapi.responses import PlainTextResponse
-    from lamina_server.app import LaminaMiddleware, plain_request
-
-    async def run() -> None:
-        _, state, engine = make_client()
-        wrapped = PlainTextResponse("wrapped app", status_code=418)
-        app = LaminaMiddleware(wrapped, state, direct=plain_request)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-        body = {"prompts": [[5, 6]], "layers": [0], "pooling": "last"}
-        r = await client.post("/v1/hidden_states", json=body)
-        assert r.status_code == 200, r.text
-        assert r.headers["content-type"] == "application/json"
-        assert r.json()["hidden_states"][0] == engine.rows([5, 6], 0)[-1].tolist()
-        r = await client.post("/v1/embeddings", json={"input": [5, 6], "pooling": "last"})
-        assert r.status_code == 200, r.text
-        r = await client.post("/v1/hidden_states", json=body, headers={"origin": "http://x"})
-        assert r.status_code == 418
-        assert (await client.get("/v1/hidden_states")).status_code == 418
-        r = await client.post("/v1/hidden_states", json={"prompts": []})
-        assert r.status_code == 422
-        assert r.json()["error"]["type"] == "invalid_request_error"
-        assert state.admission.in_flight == 0
-
-    asyncio.run(run())
-
-
 def test_api_key_required_except_probes() -> None:
     async def run() -> None:
         client, _, _ = make_client(api_key="s3cret")
