@@ -316,16 +316,19 @@ def main() -> None:
         flush=True,
     )
     rows: list[Row] = []
+
+    def progress(new: list[Row]) -> None:
+        rows.extend(new)
+        for r in new:
+            print(f"  {r.path}, {r.dtype}: {r.tokens_per_s:.0f} tokens/s", flush=True)
+
     for dtype in a.dtypes.split(","):
         if "transformers" not in skip:
-            rows += bench_transformers(path, prompts, dtype)
-            print(rows[-2:], flush=True)
+            progress(bench_transformers(path, prompts, dtype))
         if "engine" not in skip:
-            rows += bench_engine_alone(path, prompts, dtype, a.repeats)
-            print(rows[-3:], flush=True)
+            progress(bench_engine_alone(path, prompts, dtype, a.repeats))
         if "http" not in skip:
-            rows += bench_http(path, prompts, dtype, a.repeats)
-            print(rows[-3:], flush=True)
+            progress(bench_http(path, prompts, dtype, a.repeats))
 
     base = {r.dtype: r.tokens_per_s for r in rows if r.path.startswith("transformers, 1")}
     engine = {r.dtype: r.tokens_per_s for r in rows if r.path == ENGINE_ALL}
