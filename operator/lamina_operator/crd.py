@@ -18,8 +18,9 @@ from lamina_operator import spec
 
 JsonSchema = dict[str, Any]
 
-# JSON-Schema keywords pydantic emits that a Kubernetes structural schema does not take.
-_DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+# JSON-Schema keywords pydantic emits that a Kubernetes structural schema does not take
+# (and `additionalProperties: true/false`; a schema-valued one, a map, stays).
+_DROPPED_KEYS = {"title", "$defs"}
 
 
 def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
@@ -43,7 +44,7 @@ def _inline(node: Any, defs: dict[str, JsonSchema]) -> Any:
 
     out: JsonSchema = {}
     for key, value in node.items():
-        if key in _DROPPED_KEYS and not (key == "additionalProperties" and isinstance(value, dict)):
+        if key in _DROPPED_KEYS or (key == "additionalProperties" and isinstance(value, bool)):
             continue
         if key == "properties":
             out[key] = {name: _inline(prop, defs) for name, prop in value.items()}

@@ -33,13 +33,15 @@ def set_condition(
     """A condition that keeps its lastTransitionTime unless its status flips."""
     status = "True" if true else "False"
     before = next((c for c in previous if c.get("type") == kind), None)
-    changed = before is None or before.get("status") != status
+    since = now
+    if before is not None and before.get("status") == status:
+        since = before["lastTransitionTime"]  # the status held: keep when it last flipped
     return {
         "type": kind,
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now if changed or before is None else before["lastTransitionTime"],
+        "lastTransitionTime": since,
         "observedGeneration": generation,
     }
 
