@@ -10,8 +10,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kube_cluster import wait_until
+from kube_cluster import REPO, Cluster, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+CRD_FILE = REPO / "crds" / "lamina.dev_llmdeployments.yaml"
+
+
+def apply_crd(cluster: Cluster) -> None:
+    """Install (or update) the LLMDeployment CRD from crds/ and wait until it serves."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/llmdeployments.lamina.dev", "--timeout=60s"
+    )
 
 
 def free_port() -> int:

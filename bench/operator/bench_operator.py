@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 import kube_cluster  # noqa: E402
-from operator_harness import OperatorProcess, start_operator  # noqa: E402
+from operator_harness import OperatorProcess, apply_crd, start_operator  # noqa: E402
 
 POD_LABELS = {"app.kubernetes.io/name": "bench"}
 
@@ -105,9 +105,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cluster = kube_cluster.up()
-    crd = REPO / "crds" / "lamina.dev_llmdeployments.yaml"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.lamina.dev")
+    apply_crd(cluster)
     suffix = secrets.token_hex(3)
     base_ns, op_ns = f"bench-base-{suffix}", f"bench-op-{suffix}"
     for ns in (base_ns, op_ns):

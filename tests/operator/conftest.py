@@ -11,18 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_cluster import REPO, Cluster
-from operator_harness import OperatorProcess, StartOperator, start_operator
-
-CRD_FILE = REPO / "crds" / "lamina.dev_llmdeployments.yaml"
+from kube_cluster import Cluster
+from operator_harness import OperatorProcess, StartOperator, apply_crd, start_operator
 
 
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmdeployments.lamina.dev", "--timeout=60s"
-    )
+    apply_crd(cluster)
 
 
 @pytest.fixture
