@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build the local Kubernetes toolchain from Go modules (no prebuilt downloads):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-#   kwok, kwokctl, helm
+#   kwok, kwokctl, helm, and for the real node: kubelet, kube-proxy,
+#   containerd (+ containerd-shim-runc-v2, ctr) and the CNI plugins (bridge,
+#   host-local, loopback, portmap). runc, iptables and the image tools
+#   (debootstrap) come from Debian's packages, installed when missing.
 # Versions are pinned in hack/tools.env. Binaries land in
 #   ${LAMINA_CACHE:-$HOME/.cache/lamina}/tools/<key>/bin
 # and are reused when present (a warm run takes well under a second).
@@ -25,7 +28,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/tools.env"
 
 cache="${LAMINA_CACHE:-$HOME/.cache/lamina}"
-key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_containerd-${CONTAINERD_VERSION}_cni-${CNI_PLUGINS_VERSION}"
 root="$cache/tools/$key"
 bin="$root/bin"
 
@@ -40,7 +43,7 @@ case "${1:-}" in
 --print-bin-dir) print_bin_dir=1 ;;
 "") ;;
 -h | --help)
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *) die "unknown argument: $1 (try --help)" ;;
@@ -110,7 +113,7 @@ build_etcd() {
 }
 
 build_kube() {
-	local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl) want=() t
+	local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) want=() t
 	for t in "${tools[@]}"; do needed "$t" && ! have "$t" && want+=("$t"); done
 	((${#want[@]})) || return 0
 	local m="$root/src/kube" t0=$SECONDS
@@ -164,6 +167,51 @@ build_kwok() {
 	log "kwok: done in $((SECONDS - t0))s"
 }
 
+build_containerd() {
+	local tools=(containerd containerd-shim-runc-v2 ctr)
+	have "${tools[@]}" && return 0
+	local m="$root/src/containerd" t0=$SECONDS mod=github.com/containerd/containerd/v2
+	log "containerd $CONTAINERD_VERSION: fetching modules"
+	scratch_module "$m" containerd
+	(cd "$m" && go get "$mod/cmd/containerd@$CONTAINERD_VERSION" 2>&1 | tail -n 3 >&2)
+	log "containerd $CONTAINERD_VERSION: compiling ${tools[*]}"
+	# no_btrfs: the btrfs snapshotter needs cgo headers; overlayfs is what we use.
+	(cd "$m" && go build -trimpath -tags no_btrfs \
+		-ldflags="-s -w -X $mod/version.Version=$CONTAINERD_VERSION" \
+		-o "$m/out/" "${tools[@]/#/$mod/cmd/}")
+	finish "$m/out" "${tools[@]}"
+	log "containerd: done in $((SECONDS - t0))s"
+}
+
+build_cni() {
+	local plugins=(main/bridge main/loopback ipam/host-local meta/portmap) names=() p
+	for p in "${plugins[@]}"; do names+=("${p#*/}"); done
+	have "${names[@]/#/cni/}" && return 0
+	local m="$root/src/cni" t0=$SECONDS mod=github.com/containernetworking/plugins
+	log "CNI plugins $CNI_PLUGINS_VERSION: fetching modules"
+	scratch_module "$m" cni
+	(cd "$m" && go get "${plugins[@]/#/$mod/plugins/}" "$mod@$CNI_PLUGINS_VERSION" 2>&1 | tail -n 3 >&2)
+	log "CNI plugins $CNI_PLUGINS_VERSION: compiling ${names[*]}"
+	(cd "$m" && go build -trimpath -ldflags="-s -w" -o "$m/out/" "${plugins[@]/#/$mod/plugins/}")
+	mkdir -p "$bin/cni"
+	for p in "${names[@]}"; do mv -f "$m/out/$p" "$bin/cni/$p"; done
+	log "CNI plugins: done in $((SECONDS - t0))s"
+}
+
+# Debian packages the real node and the image build use (we run as root).
+debian_packages() {
+	local want=() cmd pkg pair
+	for pair in runc:runc iptables:iptables debootstrap:debootstrap conntrack:conntrack; do
+		cmd="${pair%%:*}" pkg="${pair#*:}"
+		command -v "$cmd" >/dev/null || want+=("$pkg")
+	done
+	((${#want[@]})) || return 0
+	((EUID == 0)) || die "need Debian packages ${want[*]}: run as root or install them"
+	log "installing Debian packages: ${want[*]}"
+	apt-get update -qq >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >&2
+}
+
 build_helm() {
 	have helm && return 0
 	local m="$root/src/helm" t0=$SECONDS
@@ -189,17 +237,22 @@ needed etcd && build_etcd
 build_kube
 build_kwok
 needed helm && build_helm
+build_containerd
+build_cni
+debian_packages
 rm -rf "$root/src" # sources are in the Go module cache; compiled objects in GOCACHE
 flock -u 9
 
 # ------------------------------------------------------------- the bin dir
-all=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm)
+all=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl helm
+	kubelet kube-proxy containerd containerd-shim-runc-v2 ctr)
 out="$bin"
 if ((${#override[@]})); then
 	spec="$(for t in "${all[@]}"; do echo "$t=${override[$t]:-$bin/$t}"; done)"
 	out="$cache/tools/custom-$(sha256sum <<<"$spec$key" | cut -c1-12)/bin"
 	mkdir -p "$out"
 	for t in "${all[@]}"; do ln -sfn "${override[$t]:-$bin/$t}" "$out/$t"; done
+	ln -sfn "$bin/cni" "$out/cni"
 fi
 for t in "${all[@]}"; do [[ -x "$out/$t" ]] || die "missing $out/$t"; done
 if ((SECONDS - t_all > 2)) || ((print_bin_dir == 0)); then
