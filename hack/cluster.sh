@@ -2,8 +2,10 @@
 # The local Kubernetes cluster for tests and the demo: a real control plane
 # (etcd, kube-apiserver with RBAC + default admission incl. PodSecurity,
 # kube-controller-manager, kube-scheduler) run as plain processes by
-# `kwokctl --runtime binary`, plus kwok simulating 4 GPU nodes
-# (hack/cluster/gpu-nodes.yaml) and the lifecycle of pods bound to them.
+# `kwokctl --runtime binary`, kwok simulating 4 GPU nodes
+# (hack/cluster/gpu-nodes.yaml) and the lifecycle of pods bound to them, and one
+# real node (hack/node.sh: containerd, runc, CNI, kubelet, kube-proxy) whose pods
+# run real images (hack/images.sh).
 #
 # Usage: hack/cluster.sh up|down|status|kubeconfig|env|pids
 #   up          create the cluster and wait for Ready nodes; does nothing
@@ -18,6 +20,8 @@
 #   LAMINA_CACHE         default $HOME/.cache/lamina
 #   LAMINA_CLUSTER_NAME  default lamina (other names give independent clusters)
 #   KWOKCTL_LOG_LEVEL    default WARN (DEBUG, INFO, WARN, ERROR)
+#   LAMINA_REAL_NODE     1 (default for the cluster named lamina) or 0 (default
+#                        for other names: one real node per machine)
 #   tool overrides (KUBEBUILDER_ASSETS, KUBECTL, ...): see hack/cluster-tools.sh
 #
 # State lives in $LAMINA_CACHE/cluster/: kwok/ is kwokctl's work dir and the
@@ -43,6 +47,10 @@ if [[ $name == lamina ]]; then
 else
 	kubeconfig="$state/kubeconfig-$name"
 fi
+
+real_node="${LAMINA_REAL_NODE:-$([[ $name == lamina ]] && echo 1 || echo 0)}"
+# shellcheck source=hack/cluster/network.env
+source "$here/cluster/network.env"
 
 log() { printf '[cluster %s %(%H:%M:%S)T] %s\n' "$name" -1 "$*" >&2; }
 die() {
@@ -100,12 +108,25 @@ kwokctl_() {
 	# (9>&-: the daemons kwokctl forks must not inherit our lock)
 }
 
+kwokctl_config() { # hack/cluster/kwokctl.yaml with this cluster's values
+	local out="$state/kwokctl-$name.yaml"
+	sed -e "s#\${NODE_IP}#$NODE_IP#g" -e "s#\${SERVICE_CIDR}#$SERVICE_CIDR#g" \
+		-e "s#\${KUBERNETES_SERVICE_IP}#$KUBERNETES_SERVICE_IP#g" \
+		-e "s#\${PKI}#$cluster_dir/pki#g" "$here/cluster/kwokctl.yaml" >"$out"
+	echo "$out"
+}
+
+node_() { # hack/node.sh with this cluster's credentials
+	LAMINA_CLUSTER_PKI="$cluster_dir/pki" LAMINA_CLUSTER_KUBECONFIG="$kubeconfig" \
+		"$here/node.sh" "$@" 9>&-
+}
+
 create() {
 	local b t0=$SECONDS
 	b="$(bin_dir)"
 	log "creating cluster (kwokctl --runtime binary, Kubernetes $KUBE_VERSION)"
 	kwokctl_ create cluster \
-		--config "$here/cluster/kwokctl.yaml" \
+		--config "$(kwokctl_config)" \
 		--runtime binary \
 		--kube-authorization \
 		--kube-admission \
@@ -160,12 +181,17 @@ up() {
 		fi
 		kill_leftovers
 		rm -rf "$cluster_dir"
+		# The apiserver advertises the bridge address: the bridge comes first.
+		if ((real_node)); then node_ net-up; fi
 		create
 		write_kubeconfig
 		wait_for 120 "the apiserver" healthy
 	fi
 	add_nodes
-	log "ready: $(kc get nodes -l type=kwok --no-headers | wc -l) GPU nodes"
+	if ((real_node)); then
+		node_ up
+	fi
+	log "ready: $(kc get nodes -l type=kwok --no-headers | wc -l) GPU nodes (kwok)$( ((real_node)) && echo ", 1 real node")"
 	echo "kubeconfig: $kubeconfig"
 	echo "export KUBECONFIG=$kubeconfig PATH=$(bin_dir):\$PATH"
 }
@@ -174,6 +200,10 @@ down() {
 	mkdir -p "$state"
 	exec 9>"$state/.lock-$name"
 	flock 9
+	if ((real_node)); then
+		log "stopping the real node"
+		node_ down
+	fi
 	if [[ -d $cluster_dir ]]; then
 		log "deleting cluster"
 		kwokctl_ delete cluster >&2 || log "kwokctl delete failed; cleaning up by hand"
@@ -202,7 +232,7 @@ env)
 	echo "export PATH=$(bin_dir):\$PATH"
 	;;
 *)
-	sed -n '8,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '10,18p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 	;;
 esac
