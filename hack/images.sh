@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Container images without a Docker daemon or a registry: built with buildah from
+# the repository's Dockerfiles on a Debian base made by debootstrap, and imported
+# into the local real node's containerd (hack/node.sh).
+#
+# Usage: hack/images.sh build [IMAGE...]   build (cached by content; default: all)
+#        hack/images.sh load [IMAGE...]    build, then import into the node's
+#                                          containerd what it does not have yet
+#        hack/images.sh list               the image references, one a line
+#        hack/images.sh ref IMAGE          the reference of one image
+# IMAGE is one of: pause, operator, server-cpu.
+#
+# Caching: buildah's layer cache keys every Dockerfile step by its text and the
+# checksums of what it copies, so a warm build takes seconds and only what changed
+# is rebuilt (the ~6 GB dependency layer of server-cpu only when pyproject.toml or
+# hack/install-python.sh change). An import is skipped when containerd already
+# holds the same image ID (label lamina.dev/image-id).
+#
+# State: $LAMINA_CACHE/images/ (buildah storage, pip's download cache). Needs root
+# (buildah with the overlay driver, debootstrap, chroot).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+cache="${LAMINA_CACHE:-$HOME/.cache/lamina}"
+state="$cache/images"
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/pyproject.toml" | head -n 1)"
+registry=ghcr.io/lamina-dev
+debian_suite=bookworm
+debian_mirror="${LAMINA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# What debootstrap puts in the base: the Dockerfiles' own apt-get steps then find
+# everything installed (they stay for builders that start from debian:bookworm-slim).
+base_packages=python3,python3-venv,ca-certificates,libnuma1
+
+log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+declare -A refs=(
+	[pause]="localhost/lamina/pause:$version"
+	[operator]="$registry/lamina-operator:$version"
+	[server-cpu]="$registry/lamina-server:$version-cpu"
+)
+declare -A dockerfiles=(
+	[pause]="$here/node/pause/Dockerfile"
+	[operator]="$repo/operator/Dockerfile"
+	[server-cpu]="$repo/server/Dockerfile.cpu"
+)
+all=(pause operator server-cpu)
+
+bah() {
+	# TMPDIR: buildah keeps RUN --mount=type=cache directories (pip's downloads) there.
+	TMPDIR="$state/tmp" buildah --root "$state/storage" --runroot "$state/run" \
+		--storage-driver overlay "$@"
+}
+
+has_image() { bah images --quiet "$1" >/dev/null 2>&1; }
+
+# The Debian base, from Debian's packages (no registry is reachable). Its tag is a
+# hash of what went into it, so a change rebuilds it.
+base_ref() {
+	local key
+	key="$(printf '%s\n' "$debian_suite" "$base_packages" | sha256sum | cut -c1-12)"
+	echo "localhost/lamina/debian-base:$debian_suite-$key"
+}
+
+build_base() {
+	local ref rootfs ctr t0=$SECONDS
+	ref="$(base_ref)"
+	has_image "$ref" && return 0
+	command -v debootstrap >/dev/null || die "debootstrap is missing (make cluster-tools installs it)"
+	rootfs="$state/tmp/rootfs"
+	rm -rf "$rootfs"
+	log "base: debootstrap $debian_suite ($base_packages), ~1-2 min"
+	debootstrap --variant=minbase --include="$base_packages" "$debian_suite" "$rootfs" \
+		"$debian_mirror" >"$state/debootstrap.log" 2>&1 ||
+		{
+			tail -n 20 "$state/debootstrap.log" >&2
+			die "debootstrap failed (log: $state/debootstrap.log)"
+		}
+	rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+	ctr="$(bah from scratch)"
+	bah copy "$ctr" "$rootfs/" / >/dev/null
+	bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+		--cmd /bin/bash "$ctr"
+	bah commit --quiet --rm "$ctr" "$ref" >/dev/null
+	rm -rf "$rootfs"
+	log "base: $ref in $((SECONDS - t0))s"
+}
+
+# Build-time only (never in an image): this machine's CA bundle and a pip config
+# pointing at it, for networks that inspect TLS with their own CA.
+build_mounts() {
+	local ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+	[[ -r $ca ]] || return 0
+	printf '[global]\ncert = /run/lamina-build/ca.crt\n' >"$state/pip.conf"
+	echo "--volume=$ca:/run/lamina-build/ca.crt:ro"
+	echo "--volume=$state/pip.conf:/etc/pip.conf:ro"
+}
+
+build_one() {
+	local name="$1" ref="${refs[$1]}" context="$repo" t0=$SECONDS mounts=()
+	log "$name: buildah bud -f ${dockerfiles[$name]#"$repo/"} -t $ref"
+	if [[ $name == pause ]]; then
+		# A static binary from hack/node/pause/main.go is the whole image.
+		context="$state/tmp/pause"
+		mkdir -p "$context"
+		(cd "$here/node/pause" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod \
+			go build -trimpath -ldflags='-s -w' -o "$context/pause" .)
+	fi
+	mapfile -t mounts < <(build_mounts)
+	bah bud --quiet --layers --force-rm --isolation chroot --network host \
+		"${mounts[@]}" --build-arg "BASE_IMAGE=$(base_ref)" \
+		-f "${dockerfiles[$name]}" -t "$ref" "$context" >"$state/$name.log" 2>&1 ||
+		{
+			tail -n 30 "$state/$name.log" >&2
+			die "$name: build failed (log: $state/$name.log)"
+		}
+	log "$name: $ref ($(image_id "$ref" | cut -c1-12)) in $((SECONDS - t0))s"
+}
+
+image_id() { bah images --no-trunc --quiet "$1" | head -n 1 | sed 's/^sha256://'; }
+
+build() {
+	mkdir -p "$state/tmp"
+	command -v buildah >/dev/null || die "buildah is missing (make cluster-tools installs it)"
+	exec 8>"$state/.lock"
+	flock 8
+	local name
+	for name in "$@"; do
+		[[ $name == pause ]] || build_base
+		build_one "$name"
+	done
+	# Intermediate images of superseded builds would pile up (GBs for server-cpu).
+	bah rmi --prune >/dev/null 2>&1 || true
+	flock -u 8
+}
+
+# Import into the node's containerd, named as the chart and the operator reference
+# them, pinned (never garbage-collected: there is no registry to pull them back from).
+load() {
+	local name ref id archive t0
+	"$here/node.sh" status >/dev/null 2>&1 || die "the real node is not running (make cluster-up)"
+	for name in "$@"; do
+		ref="${refs[$name]}"
+		id="$(image_id "$ref")"
+		if "$here/node.sh" ctr images ls "name==$ref" 2>/dev/null |
+			grep -q "lamina.dev/image-id=$id"; then
+			continue
+		fi
+		t0=$SECONDS
+		archive="$state/tmp/$name.oci.tar"
+		rm -f "$archive"
+		bah push --quiet --disable-compression "$ref" "oci-archive:$archive:$ref" >/dev/null
+		"$here/node.sh" ctr images import "$archive" >/dev/null
+		rm -f "$archive"
+		"$here/node.sh" ctr images label "$ref" io.cri-containerd.pinned=pinned \
+			"lamina.dev/image-id=$id" >/dev/null
+		log "$name: imported into the node's containerd in $((SECONDS - t0))s"
+	done
+}
+
+names() { # names [IMAGE...]: validated names, all when none given
+	local n
+	(($#)) || set -- "${all[@]}"
+	for n in "$@"; do [[ -n ${refs[$n]:-} ]] || die "unknown image '$n' (one of: ${all[*]})"; done
+	echo "$@"
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+build)
+	# shellcheck disable=SC2046
+	build $(names "$@")
+	;;
+load)
+	# shellcheck disable=SC2046
+	set -- $(names "$@")
+	build "$@"
+	load "$@"
+	;;
+list) for n in "${all[@]}"; do echo "${refs[$n]}"; done ;;
+ref)
+	names "${1:?usage: images.sh ref IMAGE}" >/dev/null
+	echo "${refs[$1]}"
+	;;
+*)
+	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,3 @@
+module lamina.local/pause
+
+go 1.26
