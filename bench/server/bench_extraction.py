@@ -152,13 +152,13 @@ def bench_engine_alone(
 
 
 def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]], repeats: int = 1) -> None:
-    from lamina_server.engine import WORKER_EXTENSION, VllmHiddenStateEngine, apply_cpu_defaults
+    from lamina_server.engine import WORKER_EXTENSION, VllmHiddenStateEngine, apply_cpu_plan
     from lamina_server.metrics import Metrics
     from prometheus_client import CollectorRegistry
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    apply_cpu_defaults()  # what ``python -m lamina_server`` does before its engine starts
+    apply_cpu_plan(path, kv_cache_given=True)  # what ``python -m lamina_server`` does
 
     async def run() -> None:
         args = AsyncEngineArgs(

