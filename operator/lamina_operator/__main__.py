@@ -15,6 +15,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from lamina_operator import handlers
+from lamina_operator.render import ServerImages
+from lamina_operator.spec import DEFAULT_CPU_IMAGE, DEFAULT_IMAGE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("LAMINA_LOG_FORMAT", "plain"),
         help="Log format.",
     )
+    parser.add_argument(
+        "--server-image",
+        default=env("LAMINA_SERVER_IMAGE", DEFAULT_IMAGE),
+        help="Server image for GPU LLMDeployments without spec.image.",
+    )
+    parser.add_argument(
+        "--server-image-cpu",
+        default=env("LAMINA_SERVER_IMAGE_CPU", DEFAULT_CPU_IMAGE),
+        help="Server image for LLMDeployments with resources.useGPU: false and no spec.image.",
+    )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=not args.peering,
             peering_name=args.peering or None,
             liveness_endpoint=args.liveness or None,
+            memo=kopf.Memo(images=ServerImages(gpu=args.server_image, cpu=args.server_image_cpu)),
         )
     )
 

@@ -22,7 +22,7 @@ import kopf
 from lamina_operator import metrics
 from lamina_operator.kube import Kube, TransientApiError
 from lamina_operator.reconcile import Memory, Observed, reconcile
-from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
+from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner, ServerImages
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0
@@ -38,6 +38,7 @@ class Runtime:
     """What the handlers share within one operator process."""
 
     kube: Kube
+    images: ServerImages = field(default_factory=ServerImages)
     memory: Memory = field(default_factory=Memory)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
 
@@ -64,7 +65,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.runtime = Runtime(kube=await Kube.connect())
+    memo.runtime = Runtime(kube=await Kube.connect(), images=memo.get("images", ServerImages()))
     metrics.register_api_counter(memo.runtime.kube.requests)
 
 
@@ -106,7 +107,14 @@ async def keep_true(
             started = time.perf_counter()
             try:
                 # `body` is kopf's live view: always the latest object seen.
-                await reconcile(runtime.kube, runtime.memory, _observed(body), _now(), post_event)
+                await reconcile(
+                    runtime.kube,
+                    runtime.memory,
+                    _observed(body),
+                    _now(),
+                    post_event,
+                    runtime.images,
+                )
                 metrics.observe_reconcile("ok", time.perf_counter() - started)
                 wait, delay = RESYNC_SECONDS, BACKOFF_FIRST_SECONDS
             except TransientApiError as error:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamina_operator.kube import Kube, RejectedByApi
-from lamina_operator.render import CHILD_RESOURCES, Manifest, Owner, render_children
+from lamina_operator.render import (
+    CHILD_RESOURCES,
+    Manifest,
+    Owner,
+    ServerImages,
+    render_children,
+)
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 from lamina_operator.status import (
     READY,
@@ -108,9 +114,14 @@ class Observed:
 
 
 async def _apply_children(
-    kube: Kube, memory: Memory, owner: Owner, spec: LLMDeploymentSpec, post_event: PostEvent
+    kube: Kube,
+    memory: Memory,
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    post_event: PostEvent,
+    images: ServerImages,
 ) -> None:
-    desired = render_children(owner, spec)
+    desired = render_children(owner, spec, images)
     for kind, manifest in desired.items():
         key = (kind, owner.namespace, owner.name)
         if not memory.needs_apply(key, manifest):
@@ -132,7 +143,12 @@ async def _apply_children(
 
 
 async def reconcile(
-    kube: Kube, memory: Memory, observed: Observed, now: str, post_event: PostEvent
+    kube: Kube,
+    memory: Memory,
+    observed: Observed,
+    now: str,
+    post_event: PostEvent,
+    images: ServerImages = ServerImages(),
 ) -> Manifest:
     """Make the children match the spec and write the status; returns the status.
 
@@ -145,7 +161,7 @@ async def reconcile(
     verdict: Verdict
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
-        await _apply_children(kube, memory, owner, spec, post_event)
+        await _apply_children(kube, memory, owner, spec, post_event, images)
     except InvalidSpec as error:
         # Children of an earlier valid spec are left serving; status says what to fix.
         spec, verdict = None, invalid_verdict(str(error))

@@ -10,7 +10,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lamina_operator.spec import API_GROUP, API_VERSION, KIND, LLMDeploymentSpec
+from lamina_operator.spec import (
+    API_GROUP,
+    API_VERSION,
+    DEFAULT_CPU_IMAGE,
+    DEFAULT_IMAGE,
+    KIND,
+    LLMDeploymentSpec,
+)
 
 Manifest = dict[str, Any]
 
@@ -23,6 +30,20 @@ PRESTOP_SLEEP_SECONDS = 5
 IN_FLIGHT_METRIC = "lamina_requests_in_flight"
 SHM_GIB_PER_TP_RANK = 2
 DEFAULT_CACHE_SIZE = "100Gi"
+
+
+@dataclass(frozen=True)
+class ServerImages:
+    """The operator's default server images (flags --server-image, --server-image-cpu)."""
+
+    gpu: str = DEFAULT_IMAGE
+    cpu: str = DEFAULT_CPU_IMAGE
+
+    def for_spec(self, spec: LLMDeploymentSpec) -> str:
+        """The spec's own image, else the GPU or CPU default."""
+        if spec.image:
+            return spec.image
+        return self.gpu if spec.resources.use_gpu else self.cpu
 
 
 @dataclass(frozen=True)
@@ -97,9 +118,14 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
         f"--dtype={model.dtype.value}",
         f"--tensor-parallel-size={engine.tensor_parallel_size}",
         f"--pipeline-parallel-size={engine.pipeline_parallel_size}",
-        f"--gpu-memory-utilization={engine.gpu_memory_utilization}",
-        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
     ]
+    if spec.resources.use_gpu:
+        # On CPU vLLM reads this as a fraction of the node's RAM; the server sizes its
+        # KV cache from the pod's memory limit instead (lamina_server.cpu_resources).
+        args.append(f"--gpu-memory-utilization={engine.gpu_memory_utilization}")
+    args.append(
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"
+    )
     if model.revision:
         args.append(f"--revision={model.revision}")
     if model.quantization:
@@ -142,6 +168,15 @@ def startup_failure_threshold(spec: LLMDeploymentSpec) -> int:
     return math.ceil(spec.probes.startup_timeout_seconds / spec.probes.period_seconds)
 
 
+def cpu_threads(cpu: int | str | None) -> int | None:
+    """Whole CPUs of a Kubernetes CPU quantity, rounded up (``"7500m"`` -> 8)."""
+    if cpu is None:
+        return None
+    text = str(cpu)
+    value = int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(1, math.ceil(value))
+
+
 def _env(spec: LLMDeploymentSpec) -> list[Manifest]:
     plain = {
         "HF_HOME": f"{CACHE_DIR}/huggingface",
@@ -149,6 +184,11 @@ def _env(spec: LLMDeploymentSpec) -> list[Manifest]:
         "VLLM_CACHE_ROOT": f"{CACHE_DIR}/vllm",
         "XDG_CACHE_HOME": CACHE_DIR,
     }
+    threads = cpu_threads(spec.resources.limits.cpu)
+    if not spec.resources.use_gpu and threads is not None:
+        # OpenMP/torch threads match the CPU limit; the server also binds vLLM's worker
+        # to that many CPUs (a quota does not shrink the affinity mask).
+        plain["OMP_NUM_THREADS"] = str(threads)
     env: list[Manifest] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     secret_env = {"HF_TOKEN": spec.secrets.hf_token, "LAMINA_API_KEY": spec.secrets.api_key}
     for name, ref in sorted(secret_env.items()):
@@ -202,11 +242,11 @@ def _volumes(spec: LLMDeploymentSpec) -> list[Manifest]:
     ]
 
 
-def _pod_spec(spec: LLMDeploymentSpec) -> Manifest:
+def _pod_spec(spec: LLMDeploymentSpec, images: ServerImages) -> Manifest:
     period = spec.probes.period_seconds
     container: Manifest = {
         "name": "server",
-        "image": spec.image,
+        "image": images.for_spec(spec),
         "imagePullPolicy": spec.image_pull_policy.value,
         "args": server_args(spec),
         "env": _env(spec),
@@ -218,6 +258,9 @@ def _pod_spec(spec: LLMDeploymentSpec) -> Manifest:
         "readinessProbe": _http_probe("/readyz", 5, 1),
         "livenessProbe": _http_probe("/healthz", 10, 3),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        # The server writes why it could not start (e.g. a memory limit too small for
+        # the model) to /dev/termination-log; the log's tail otherwise.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -248,8 +291,9 @@ def _pod_spec(spec: LLMDeploymentSpec) -> Manifest:
     }
     if sched.node_selector:
         pod["nodeSelector"] = dict(sorted(sched.node_selector.items()))
-    if sched.tolerations:
-        pod["tolerations"] = list(sched.tolerations)
+    tolerations = [*gpu_tolerations(spec), *sched.tolerations]
+    if tolerations:
+        pod["tolerations"] = tolerations
     if sched.affinity:
         pod["affinity"] = sched.affinity
     if sched.priority_class_name:
@@ -259,13 +303,25 @@ def _pod_spec(spec: LLMDeploymentSpec) -> Manifest:
     return pod
 
 
+def gpu_tolerations(spec: LLMDeploymentSpec) -> list[Manifest]:
+    """GPU node pools are usually tainted with their resource name (GKE does it itself);
+    pods that request GPUs tolerate that, as the ExtendedResourceToleration admission
+    plugin would add where it is enabled."""
+    if not spec.gpus_per_pod:
+        return []
+    key = spec.resources.gpu_resource_name
+    return [{"key": key, "operator": "Exists", "effect": "NoSchedule"}]
+
+
 def desired_replicas(spec: LLMDeploymentSpec) -> int:
     """Pods the Deployment should run. With autoscaling on the HPA writes spec.replicas
     through the LLMDeployment's scale subresource, so this is still the one source."""
     return 0 if spec.suspend else spec.replicas
 
 
-def render_deployment(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
+def render_deployment(
+    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = ServerImages()
+) -> Manifest:
     """The server Deployment."""
     return {
         "apiVersion": "apps/v1",
@@ -291,7 +347,7 @@ def render_deployment(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
                         "prometheus.io/scrape": "true",
                     },
                 },
-                "spec": _pod_spec(spec),
+                "spec": _pod_spec(spec, images),
             },
         },
     }
@@ -402,10 +458,12 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def render_children(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Manifest]:
+def render_children(
+    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = ServerImages()
+) -> dict[str, Manifest]:
     """Every child the spec wants, by kind. Kinds missing here are to be pruned."""
     children = {
-        "Deployment": render_deployment(owner, spec),
+        "Deployment": render_deployment(owner, spec, images),
         "Service": render_service(owner, spec),
     }
     if spec.autoscaling.enabled:

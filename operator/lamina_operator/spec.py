@@ -470,7 +470,10 @@ class DisruptionBudgetSpec(ApiModel):
         return self
 
 
+# The images `make image` builds (operator/Dockerfile, server/Dockerfile{,.cpu}); the
+# operator's --server-image/--server-image-cpu (chart: serverImage.gpu/.cpu) override.
 DEFAULT_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0"
+DEFAULT_CPU_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0-cpu"
 
 
 class LLMDeploymentSpec(ApiModel):
@@ -506,8 +509,12 @@ class LLMDeploymentSpec(ApiModel):
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec, description="GPU, CPU and memory per pod."
     )
-    image: str = Field(
-        default=DEFAULT_IMAGE, min_length=1, max_length=1024, description="Server image."
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Server image. Default: the operator's server image for GPUs, or its CPU "
+        "image when resources.useGPU is false (chart values serverImage.gpu / serverImage.cpu).",
     )
     image_pull_policy: PullPolicy = Field(
         default=PullPolicy.IF_NOT_PRESENT, description="Image pull policy."

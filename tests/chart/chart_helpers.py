@@ -17,6 +17,15 @@ RELEASE = "lamina"
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
+# Helm flags that put the operator pod on a (tainted) kwok GPU node.
+ON_KWOK_NODE = (
+    "--set-json",
+    'nodeSelector={"type": "kwok"}',
+    "--set-json",
+    'tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+)
+
+
 def manifests(text: str) -> list[dict[str, Any]]:
     """The objects of a multi-document YAML stream (empty documents dropped)."""
     return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -51,6 +60,10 @@ class Release:
         Helm 4 server-side applies the chart's CRDs even when they exist, so a CRD
         applied before by someone else (kubectl, another release) conflicts on
         ownership; the chart's CRDs are the repository's, so taking them over is safe.
+
+        The operator pod is placed on a kwok node, where it is simulated: these tests
+        are about the chart (RBAC, values, upgrades) and run the operator as a host
+        process with the chart's credentials. tests/e2e runs the real operator pod.
         """
         return self.cluster.helm(
             command,
@@ -62,6 +75,7 @@ class Release:
             "--timeout",
             "2m",
             "--force-conflicts",
+            *ON_KWOK_NODE,
             *args,
         )
 

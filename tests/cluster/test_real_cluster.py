@@ -61,6 +61,7 @@ spec:
     metadata: {{labels: {{app: gpu-app}}}}
     spec:
       nodeSelector: {{nvidia.com/gpu.product: {GPU_PRODUCT}}}
+      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
       containers:
       - name: main
         image: registry.invalid/never-pulled:1

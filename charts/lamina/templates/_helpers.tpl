@@ -72,6 +72,13 @@ Operator image reference: repository@digest, or repository:tag (tag defaults to 
 {{- end }}
 
 {{/*
+The server images for LLMDeployments without spec.image: GPU, and CPU (tag -cpu).
+*/}}
+{{- define "lamina.serverImage" -}}
+{{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) }}
+{{- end }}
+
+{{/*
 Namespaces the operator watches in namespaced mode, as a list (JSON-encoded,
 since templates can only return strings): watchNamespaces, or the release
 namespace when that is empty.
