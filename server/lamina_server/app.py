@@ -201,6 +201,9 @@ def build_router(state: ServerState) -> APIRouter:
     return router
 
 
+CLOSE = (b"connection", b"close")
+
+
 class LaminaMiddleware:
     """Bearer auth, admission control on ``/v1/*``, request metrics."""
 
@@ -226,6 +229,9 @@ class LaminaMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if state.admission.draining:
+                    # Move keep-alive clients to another pod (uvicorn closes after this).
+                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
             await send(message)
 
         try:

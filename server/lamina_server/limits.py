@@ -4,7 +4,10 @@
   ``rows`` is the number of tokens for ``pooling=all`` and the number of prompts
   otherwise. It is checked before any work is done (413 when over budget).
 * Admission: at most ``max_queue_length`` requests in flight on the engine routes;
-  beyond that 429 with ``Retry-After``. During a drain every new request gets 503.
+  beyond that 429 with ``Retry-After``. During a drain requests are still admitted:
+  the endpoint is already gone from the Service, so only clients holding a keep-alive
+  connection to this pod still send; they are answered, with ``Connection: close`` so
+  their next request goes to another pod (a 503 would fail them for nothing).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def response_bytes(
 
 
 class Admission:
-    """Counts requests in flight; refuses work when full or draining."""
+    """Counts requests in flight; refuses work when full."""
 
     def __init__(self, max_in_flight: int, retry_after_seconds: int = 1) -> None:
         self.max_in_flight = max_in_flight
@@ -44,11 +47,7 @@ class Admission:
         self._idle.set()
 
     def admit(self) -> None:
-        """Take a slot or raise (503 draining, 429 full)."""
-        if self.draining:
-            raise LaminaError(
-                ErrorType.DRAINING, "server is shutting down; retry on another replica"
-            )
+        """Take a slot or raise (429 full)."""
         if self.in_flight >= self.max_in_flight:
             raise LaminaError(
                 ErrorType.OVERLOADED,
