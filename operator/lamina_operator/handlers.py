@@ -178,3 +178,22 @@ def _watch_children() -> None:
 
 
 _watch_children()
+
+SERVER_PODS = {**MANAGED, "app.kubernetes.io/name": "lamina-server"}
+
+
+@kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="server-pods-changed")
+def server_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Pods tell why servers restart (OOM, a failed start); status reports it."""
+    pod = event["object"]
+    meta = pod.get("metadata", {})
+    owner = meta.get("labels", {}).get("app.kubernetes.io/instance")
+    if not owner:
+        return
+    runtime: Runtime = memo.runtime
+    key = (meta["namespace"], owner)
+    gone = event.get("type") == "DELETED"
+    # Only what status needs: name and container states.
+    kept = {"metadata": {"name": meta["name"]}, "status": pod.get("status", {})}
+    runtime.memory.pod_seen(key, meta["name"], None if gone else kept)
+    runtime.wake(key)

@@ -16,6 +16,7 @@ from typing import Any
 from lamina_operator.kube import Kube, RejectedByApi
 from lamina_operator.render import (
     CHILD_RESOURCES,
+    DEFAULT_IMAGES,
     Manifest,
     Owner,
     ServerImages,
@@ -86,6 +87,18 @@ class Memory:
 
     applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
     cache: ChildCache = field(default_factory=ChildCache)
+    # Server pods by (namespace, LLMDeployment) and pod name: why they restart.
+    pods: dict[tuple[str, str], dict[str, Manifest]] = field(default_factory=dict)
+
+    def pod_seen(self, owner: tuple[str, str], name: str, pod: Manifest | None) -> None:
+        """Remember a server pod's latest state (None: it is gone)."""
+        pods = self.pods.setdefault(owner, {})
+        if pod is None:
+            pods.pop(name, None)
+        else:
+            pods[name] = pod
+        if not pods:
+            del self.pods[owner]
 
     def needs_apply(self, key: ChildKey, manifest: Manifest) -> bool:
         observed = self.cache.get(key)
@@ -148,7 +161,7 @@ async def reconcile(
     observed: Observed,
     now: str,
     post_event: PostEvent,
-    images: ServerImages = ServerImages(),
+    images: ServerImages = DEFAULT_IMAGES,
 ) -> Manifest:
     """Make the children match the spec and write the status; returns the status.
 
@@ -167,7 +180,8 @@ async def reconcile(
         spec, verdict = None, invalid_verdict(str(error))
     deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
     if spec is not None:
-        verdict = judge(spec, owner, deployment)
+        pods = memory.pods.get((owner.namespace, owner.name), {})
+        verdict = judge(spec, owner, deployment, list(pods.values()))
 
     status = compute_status(
         owner=owner,

@@ -46,6 +46,9 @@ class ServerImages:
         return self.gpu if spec.resources.use_gpu else self.cpu
 
 
+DEFAULT_IMAGES = ServerImages()
+
+
 @dataclass(frozen=True)
 class Owner:
     """The LLMDeployment whose children are rendered."""
@@ -320,7 +323,7 @@ def desired_replicas(spec: LLMDeploymentSpec) -> int:
 
 
 def render_deployment(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = ServerImages()
+    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
 ) -> Manifest:
     """The server Deployment."""
     return {
@@ -459,7 +462,7 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
 
 
 def render_children(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = ServerImages()
+    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
 ) -> dict[str, Manifest]:
     """Every child the spec wants, by kind. Kinds missing here are to be pruned."""
     children = {

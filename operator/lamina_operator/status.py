@@ -10,6 +10,7 @@ from lamina_operator.render import Manifest, Owner, desired_replicas, endpoint, 
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+SERVER_FAILURES = ("OutOfMemory", "ServerFailing")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,37 @@ def _deployment_condition(deployment: Manifest, kind: str) -> Mapping[str, Any] 
     return next((c for c in conditions if c.get("type") == kind), None)
 
 
-def judge(spec: LLMDeploymentSpec, owner: Owner, deployment: Manifest | None) -> Verdict:
-    """Ready/Progressing/Degraded of a valid spec given the observed Deployment."""
+def server_failure(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """Why a server container that is not ready last stopped, when it stopped badly:
+    ``("OutOfMemory" | "ServerFailing", message)``. The server writes what to change
+    (e.g. a memory limit too small for the model) as its termination message."""
+    for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name"))):
+        name = pod.get("metadata", {}).get("name")
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            last = container.get("lastState", {}).get("terminated")
+            if container.get("ready") or not last or last.get("exitCode") == 0:
+                continue
+            if last.get("reason") == "OOMKilled":
+                return (
+                    "OutOfMemory",
+                    f"pod {name}: the server was killed for using more memory than its "
+                    "limit; raise spec.resources.limits.memory",
+                )
+            detail = (last.get("message") or "").strip().splitlines()
+            why = detail[-1] if detail else f"exit code {last.get('exitCode')}"
+            restarts = container.get("restartCount", 0)
+            return "ServerFailing", f"pod {name}: the server stopped ({restarts} restarts): {why}"
+    return None
+
+
+def judge(
+    spec: LLMDeploymentSpec,
+    owner: Owner,
+    deployment: Manifest | None,
+    pods: Sequence[Mapping[str, Any]] = (),
+) -> Verdict:
+    """Ready/Progressing/Degraded of a valid spec given the observed Deployment and
+    its pods."""
     healthy = (False, "AsExpected", "no problems seen")
     if deployment is None:
         creating = "creating the server Deployment"
@@ -77,6 +107,8 @@ def judge(spec: LLMDeploymentSpec, owner: Owner, deployment: Manifest | None) ->
         degraded = (True, "ReplicaFailure", str(failure.get("message", "pods cannot be created")))
     elif progress is not None and progress.get("reason") == "ProgressDeadlineExceeded":
         degraded = (True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+    elif (failed := server_failure(pods)) is not None:
+        degraded = (True, *failed)
 
     counts = f"{ready}/{desired} replicas ready"
     if spec.suspend:
@@ -99,6 +131,11 @@ def judge(spec: LLMDeploymentSpec, owner: Owner, deployment: Manifest | None) ->
             degraded,
         )
     reason = "RollingOut" if not rolled_out else "WaitingForReplicas"
+    if degraded[0] and degraded[1] in SERVER_FAILURES:
+        # `kubectl get llmd` shows the Ready reason: say why pods are not ready.
+        return Verdict(
+            (False, degraded[1], f"{counts}; {degraded[2]}"), (True, reason, counts), degraded
+        )
     return Verdict((False, reason, counts), (True, reason, counts), degraded)
 
 

@@ -133,3 +133,64 @@ def test_patch_clears_fields_that_went_away() -> None:
         "endpoint": None,
         "replicas": 0,
     }
+
+
+def _pod(name: str, ready: bool, restarts: int = 1, **terminated: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "server", "ready": ready, "restartCount": restarts}
+    if terminated:
+        container["lastState"] = {"terminated": terminated}
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [container]}}
+
+
+def _status_with_pods(pods: list[dict[str, Any]]) -> Any:
+    spec = _spec(replicas=2)
+    deployment = _deployment(2, 1, 2)
+    return compute_status(
+        owner=OWNER,
+        generation=1,
+        verdict=judge(spec, OWNER, deployment, pods),
+        spec=spec,
+        facts=None,
+        deployment=deployment,
+        previous={},
+        now=T0,
+    )
+
+
+def _condition(status: Any, kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_a_server_killed_for_memory_says_to_raise_the_limit() -> None:
+    status = _status_with_pods(
+        [_pod("a", True, 0), _pod("b", False, reason="OOMKilled", exitCode=137)]
+    )
+    degraded = _condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "OutOfMemory")
+    assert "pod b" in degraded["message"]
+    assert "spec.resources.limits.memory" in degraded["message"]
+    # `kubectl get llmd` shows the Ready reason: it says why too.
+    assert _condition(status, "Ready")["reason"] == "OutOfMemory"
+
+
+def test_a_server_that_fails_to_start_reports_its_termination_message() -> None:
+    message = (
+        "not enough memory for the model: memory limit 2.00 GiB ...\n"
+        "Give the server at least 4 GiB (resources.limits.memory)"
+    )
+    status = _status_with_pods([_pod("a", False, 3, reason="Error", exitCode=1, message=message)])
+    degraded = _condition(status, "Degraded")
+    assert degraded["reason"] == "ServerFailing"
+    assert "3 restarts" in degraded["message"]
+    assert "at least 4 GiB" in degraded["message"]
+
+
+def test_a_past_restart_of_a_ready_server_is_not_degraded() -> None:
+    status = _status_with_pods(
+        [_pod("a", True, reason="OOMKilled", exitCode=137), _pod("b", True, 0)]
+    )
+    assert _condition(status, "Degraded")["status"] == "False"
+    # Nor is a server stopped cleanly (exit 0, e.g. a drain) that is starting again.
+    status = _status_with_pods([_pod("a", False, reason="Completed", exitCode=0)])
+    assert _condition(status, "Degraded")["status"] == "False"
+    assert _condition(status, "Ready")["reason"] == "WaitingForReplicas"

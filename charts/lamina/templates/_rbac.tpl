@@ -56,6 +56,10 @@ Application rules: what reconciling an LLMDeployment needs.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# Server pods, read-only: why they restart (OOM, a failed start) goes into status.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
 {{- end }}
 
 {{/*
