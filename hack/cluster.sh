@@ -181,8 +181,13 @@ up() {
 		fi
 		kill_leftovers
 		rm -rf "$cluster_dir"
-		# The apiserver advertises the bridge address: the bridge comes first.
-		if ((real_node)); then node_ net-up; fi
+		if ((real_node)); then
+			# A node whose processes died (a reboot, a killed session) leaves state
+			# behind: clear it, then the bridge comes first (the apiserver
+			# advertises its address).
+			node_ down
+			node_ net-up
+		fi
 		create
 		write_kubeconfig
 		wait_for 120 "the apiserver" healthy
