@@ -16,8 +16,8 @@ Memory (unless the user sized the KV cache: ``--kv-cache-memory-bytes`` or
     KV     = free / 2          inside a memory limit (the rest: activations, requests)
            = free / 4          without one (the machine is shared with others)
 
-Threads: ``min(affinity, ceil(CPU quota), OMP_NUM_THREADS)``; when that is fewer than
-the affinity mask, the worker is bound to that many CPUs of it.
+Threads: ``min(affinity, ceil(CPU quota), OMP_NUM_THREADS)``; under a CPU limit they
+run unpinned (see :func:`thread_env`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,15 @@ def _gib(n: int) -> str:
 
 
 def thread_env(machine: Machine, env: Mapping[str, str]) -> tuple[dict[str, str], str]:
-    """The OpenMP binding of the model worker, and a note saying what was chosen."""
+    """The model worker's OpenMP threads and binding, and a note saying what was chosen.
+
+    Under a CPU limit the pod shares the node's CPUs with other pods (a quota does not
+    narrow the affinity mask): vLLM's binding would pin every pod's worker to the same
+    first cores (seen on the real node: a starting pod's worker got 1 % of CPU 0 while
+    a busy pod's worker held it). There the worker runs unpinned with as many threads
+    as the limit allows. Without a limit (a machine of its own) vLLM binds its threads
+    to the cores, which measured faster.
+    """
     if "VLLM_CPU_OMP_THREADS_BIND" in env or "VLLM_CPU_NUM_OF_RESERVED_CPU" in env:
         return {}, "threads: the user's VLLM_CPU_OMP_THREADS_BIND/VLLM_CPU_NUM_OF_RESERVED_CPU"
     limits = [len(machine.cpus)]
@@ -82,14 +90,19 @@ def thread_env(machine: Machine, env: Mapping[str, str]) -> tuple[dict[str, str]
     if omp.isdigit() and int(omp) > 0:
         limits.append(int(omp))
     threads = max(1, min(limits))
-    out: dict[str, str] = {}
-    if threads < len(machine.cpus):
-        out["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in machine.cpus[:threads])
-    elif threads <= SMALL_CPU_COUNT:
-        out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    out: dict[str, str]
+    if machine.cpu_quota is not None:
+        out = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
+        how = "unpinned (a CPU limit: the node's CPUs are shared)"
+    elif threads < len(machine.cpus):
+        out = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in machine.cpus[:threads])}
+        how = "bound to the first CPUs"
+    else:
+        out = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if threads <= SMALL_CPU_COUNT else {}
+        how = "bound by vLLM"
     quota = "none" if machine.cpu_quota is None else f"{machine.cpu_quota:g}"
     note = (
-        f"threads: {threads} (CPUs in the affinity mask {len(machine.cpus)}, "
+        f"threads: {threads}, {how} (CPUs in the affinity mask {len(machine.cpus)}, "
         f"CPU limit {quota}, OMP_NUM_THREADS {omp or 'unset'})"
     )
     return out, note

@@ -31,7 +31,8 @@ def test_kv_cache_follows_the_memory_limit_not_the_machine() -> None:
     in_8g = plan(machine(limit=8 * GIB), {}, False, weights_bytes=GIB)
     assert in_8g.kv_cache_bytes == (8 * GIB - RUNTIME_OVERHEAD_BYTES - GIB) // 2
     in_4g = plan(machine(limit=4 * GIB), {}, False, weights_bytes=GIB)
-    assert in_4g.kv_cache_bytes is not None and in_8g.kv_cache_bytes is not None
+    assert in_4g.kv_cache_bytes is not None
+    assert in_8g.kv_cache_bytes is not None
     assert in_4g.kv_cache_bytes < in_8g.kv_cache_bytes
     # The note a user reads in the log names the limit and the size chosen.
     assert any("memory limit 8.00 GiB" in n and "KV cache" in n for n in in_8g.notes)
@@ -42,7 +43,8 @@ def test_without_a_limit_a_quarter_of_what_is_free_is_taken() -> None:
     assert bare.kv_cache_bytes == (IDLE_24G - RUNTIME_OVERHEAD_BYTES) // 4
     # A busy machine gets a smaller cache, never more than is available.
     busy = plan(machine(available=6 * GIB), {}, False, weights_bytes=None)
-    assert busy.kv_cache_bytes is not None and busy.kv_cache_bytes < 6 * GIB
+    assert busy.kv_cache_bytes is not None
+    assert busy.kv_cache_bytes < 6 * GIB
 
 
 def test_a_limit_too_small_for_the_model_says_what_to_give() -> None:
@@ -60,20 +62,28 @@ def test_the_users_kv_cache_setting_wins() -> None:
     assert plan(tiny, {"VLLM_CPU_KVCACHE_SPACE": "1"}, False, GIB).kv_cache_bytes is None
 
 
-def test_threads_follow_the_cpu_limit() -> None:
-    # 64 CPUs visible, a 2-CPU quota: bind the worker to 2 of them.
-    limited = plan(machine(cpus=64, quota=2.0), {}, True, None)
-    assert limited.env == {"VLLM_CPU_OMP_THREADS_BIND": "0,1"}
+def test_threads_follow_the_cpu_limit_unpinned() -> None:
+    # 64 CPUs visible, a 2-CPU quota: 2 threads, not pinned (other pods share the CPUs).
+    shared = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}
+    assert plan(machine(cpus=64, quota=2.0), {}, True, None).env == shared
+    # A limit as large as the machine is still a shared node: vLLM's binding would pin
+    # every pod to the same cores.
+    assert plan(machine(cpus=2, quota=2.0), {}, True, None).env == shared
     # A fractional quota rounds up; OMP_NUM_THREADS lowers it further.
-    assert plan(machine(cpus=64, quota=2.5), {}, True, None).env == {
-        "VLLM_CPU_OMP_THREADS_BIND": "0,1,2"
-    }
-    assert plan(machine(cpus=64), {"OMP_NUM_THREADS": "4"}, True, None).env == {
-        "VLLM_CPU_OMP_THREADS_BIND": "0,1,2,3"
-    }
+    assert plan(machine(cpus=64, quota=2.5), {}, True, None).env["OMP_NUM_THREADS"] == "3"
+    lower = plan(machine(cpus=64, quota=8), {"OMP_NUM_THREADS": "4"}, True, None)
+    assert lower.env["OMP_NUM_THREADS"] == "4"
+    assert any("threads: 4, unpinned" in n for n in lower.notes)
+
+
+def test_without_a_cpu_limit_vllm_binds_its_threads() -> None:
     # Every CPU usable: vLLM's own binding, minus its reserved core on a small machine.
     assert plan(machine(cpus=2), {}, True, None).env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     assert plan(machine(cpus=64), {}, True, None).env == {}
+    # OMP_NUM_THREADS on a machine of its own: bound to that many CPUs.
+    assert plan(machine(cpus=64), {"OMP_NUM_THREADS": "4"}, True, None).env == {
+        "VLLM_CPU_OMP_THREADS_BIND": "0,1,2,3"
+    }
     # The user's binding or reservation is left alone.
     assert plan(machine(cpus=64, quota=2), {"VLLM_CPU_OMP_THREADS_BIND": "0"}, True, None).env == {}
     assert plan(machine(cpus=2), {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, True, None).env == {}
