@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from lamina_operator.render import (
+    DEFAULT_IMAGES,
     Owner,
     ServerImages,
     cpu_threads,
@@ -166,7 +167,7 @@ def test_every_child_is_owned_and_labelled() -> None:
         assert meta["labels"]["app.kubernetes.io/instance"] == "llama"
 
 
-def _container(spec: LLMDeploymentSpec, images: ServerImages = ServerImages()) -> dict[str, Any]:
+def _container(spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES) -> dict[str, Any]:
     pod = render_deployment(OWNER, spec, images)["spec"]["template"]["spec"]
     container: dict[str, Any] = pod["containers"][0]
     return container
