@@ -32,11 +32,9 @@ key="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_V
 root="$cache/tools/$key"
 bin="$root/bin"
 
-log() { printf '[cluster-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
+log_tag=cluster-tools
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
 print_bin_dir=0
 case "${1:-}" in

@@ -52,18 +52,10 @@ real_node="${LAMINA_REAL_NODE:-$([[ $name == lamina ]] && echo 1 || echo 0)}"
 # shellcheck source=hack/cluster/network.env
 source "$here/cluster/network.env"
 
-log() { printf '[cluster %s %(%H:%M:%S)T] %s\n' "$name" -1 "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
+log_tag="cluster $name"
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
-bin_dir() {
-	if [[ -z "${_bin:-}" ]]; then
-		_bin="$("$here/cluster-tools.sh" --print-bin-dir)"
-	fi
-	echo "$_bin"
-}
 
 kc() { "$(bin_dir)/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -146,15 +138,6 @@ write_kubeconfig() {
 	kwokctl_ get kubeconfig >"$kubeconfig.tmp"
 	chmod 600 "$kubeconfig.tmp"
 	mv -f "$kubeconfig.tmp" "$kubeconfig"
-}
-
-wait_for() { # wait_for SECONDS DESCRIPTION CMD...
-	local deadline=$((SECONDS + $1)) what="$2"
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "timed out waiting for $what"
-		sleep 1
-	done
 }
 
 add_nodes() {

@@ -33,11 +33,10 @@ llmd=tiny-cpu
 served=tiny-llama
 t0=$SECONDS
 
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
+# The demo's lines also say how long it has been running.
 log() { printf '[demo %(%H:%M:%S)T +%3ds] %s\n' -1 "$((SECONDS - t0))" "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
 
 cluster_env() {
 	eval "$("$here/cluster.sh" env)"
@@ -230,8 +229,5 @@ down() {
 case "${1:-up}" in
 up) up ;;
 down) down ;;
-*)
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
-	exit 2
-	;;
+*) usage ;;
 esac

@@ -32,11 +32,9 @@ debian_mirror="${LAMINA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # everything installed (they stay for builders that start from debian:bookworm-slim).
 base_packages=python3,python3-venv,ca-certificates,libnuma1
 
-log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
+log_tag=images
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
 declare -A refs=(
 	[pause]="localhost/lamina/pause:$version"
@@ -187,8 +185,5 @@ ref)
 	names "${1:?usage: images.sh ref IMAGE}" >/dev/null
 	echo "${refs[$1]}"
 	;;
-*)
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
-	exit 2
-	;;
+*) usage ;;
 esac

@@ -12,14 +12,14 @@
 # (eval "$(hack/cluster.sh env)").
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${LAMINA_CACHE:-$HOME/.cache/lamina}"
 node=lamina-node
 storage_class=lamina-local
 
-die() {
-	echo "model-volume: $*" >&2
-	exit 1
-}
+log_tag=model-volume
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
 create() {
 	local ns="$1" claim="$2" pv="$1-$2" dir="$cache/volumes/$1-$2" pair name src
@@ -82,8 +82,5 @@ delete)
 	(($# == 2)) || die "usage: model-volume.sh delete NAMESPACE CLAIM"
 	delete "$@"
 	;;
-*)
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
-	exit 2
-	;;
+*) usage ;;
 esac

@@ -35,18 +35,10 @@ sock="$run/containerd.sock"
 kubelet_root="$state/kubelet"
 pod_logs="$state/pod-logs"
 
-log() { printf '[node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
+log_tag=node
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
-bin_dir() {
-	if [[ -z "${_bin:-}" ]]; then
-		_bin="$("$here/cluster-tools.sh" --print-bin-dir)"
-	fi
-	echo "$_bin"
-}
 
 # (containerd warns on every call that cgroup v1 is deprecated: this machine has only v1.)
 ctr_() { "$(bin_dir)/ctr" --address "$sock" --namespace k8s.io "$@" 2> >(grep -v DEPRECATION >&2); }
@@ -82,21 +74,12 @@ stop() { # stop NAME: TERM, then KILL after 10 s
 	kill -TERM $pids 2>/dev/null || true
 	local p
 	for _ in $(seq 50); do
-		pids="$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)"
+		pids="$(for p in $pids; do if kill -0 "$p" 2>/dev/null; then echo "$p"; fi; done)"
 		[[ -n $pids ]] || return 0
 		sleep 0.2
 	done
 	# shellcheck disable=SC2086
 	kill -KILL $pids 2>/dev/null || true
-}
-
-wait_for() { # wait_for SECONDS WHAT CMD...
-	local deadline=$((SECONDS + $1)) what="$2"
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "timed out waiting for $what"
-		sleep 0.5
-	done
 }
 
 # ------------------------------------------------------------------- network
@@ -362,8 +345,5 @@ ctr)
 	shift
 	ctr_ "$@"
 	;;
-*)
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
-	exit 2
-	;;
+*) usage ;;
 esac
