@@ -1,8 +1,10 @@
-"""The server image's install step works on an environment that already has vLLM,
-and the Dockerfile keeps its promises (pinned base, non-root, caches, entrypoint).
+"""The GPU server image's install step works on an environment that already has vLLM,
+and its Dockerfile keeps its promises (pinned base, non-root, caches, entrypoint).
 
-No image can be built here: the test repeats the Dockerfile's ``pip install
---no-deps`` into a separate target directory and starts the entrypoint from there.
+The GPU image starts from vLLM's CUDA image, which no registry here serves: the test
+repeats the Dockerfile's ``pip install --no-deps`` into a separate target directory
+and starts the entrypoint from there. The CPU image (server/Dockerfile.cpu) is built
+and run for real on the local node (tests/e2e).
 """
 
 from __future__ import annotations
