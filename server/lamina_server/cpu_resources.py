@@ -159,25 +159,55 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _memory_limit(cgroup: Path) -> int | None:
-    for path in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
-        value = _read_int(path)
-        if value is not None:
-            return value if value < _UNLIMITED else None
-    return None  # "max" (v2) or no memory controller
+def own_cgroups(proc_self_cgroup: str) -> dict[str, str]:
+    """Controller -> this process's cgroup path, from ``/proc/self/cgroup``
+    (``"4:memory:/a/b"`` on v1; ``"0::/a/b"`` on v2, as controller ``""``)."""
+    out: dict[str, str] = {}
+    for line in proc_self_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            out[controller] = path
+    return out
 
 
-def _cpu_quota(cgroup: Path) -> float | None:
-    try:  # v2: "max 100000" or "200000 100000"
-        quota, period = (cgroup / "cpu.max").read_text().split()
-        return int(quota) / int(period) if quota != "max" else None
-    except (OSError, ValueError):
-        pass
-    quota_us = _read_int(cgroup / "cpu" / "cpu.cfs_quota_us")  # v1: -1 means none
-    period_us = _read_int(cgroup / "cpu" / "cpu.cfs_period_us")
-    if quota_us is None or not period_us:
-        return None
-    return quota_us / period_us
+def _ancestry(mount: Path, path: str) -> list[Path]:
+    """This process's cgroup directory and its ancestors, the ones that exist. On a
+    host that is its own path (a systemd slice, a job's cgroup) up to the root, where a
+    parent's limit binds too; inside a container runc mounts the container's cgroup at
+    the root (a cgroup namespace shows it as /), so only the root exists there."""
+    dirs = [mount]
+    for part in [p for p in path.split("/") if p]:
+        dirs.append(dirs[-1] / part)
+    return [d for d in dirs if d.is_dir()]
+
+
+def _memory_limit(cgroup: Path, own: dict[str, str]) -> int | None:
+    """The lowest memory limit on the way to the root (v2 memory.max, v1
+    memory.limit_in_bytes); None when there is none."""
+    limits = [_read_int(d / "memory.max") for d in _ancestry(cgroup, own.get("", "/"))] + [
+        _read_int(d / "memory.limit_in_bytes")
+        for d in _ancestry(cgroup / "memory", own.get("memory", "/"))
+    ]
+    real = [v for v in limits if v is not None and v < _UNLIMITED]  # "max", or v1's huge
+    return min(real) if real else None
+
+
+def _cpu_quota(cgroup: Path, own: dict[str, str]) -> float | None:
+    """The lowest CPU limit on the way to the root, in CPUs; None when there is none."""
+    quotas: list[float] = []
+    for d in _ancestry(cgroup, own.get("", "/")):
+        try:  # v2: "max 100000" or "200000 100000"
+            quota, period = (d / "cpu.max").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if quota != "max":
+            quotas.append(int(quota) / int(period))
+    for d in _ancestry(cgroup / "cpu", own.get("cpu", "/")):
+        quota_us = _read_int(d / "cpu.cfs_quota_us")  # v1: -1 (not read as an int): none
+        period_us = _read_int(d / "cpu.cfs_period_us")
+        if quota_us is not None and period_us:
+            quotas.append(quota_us / period_us)
+    return min(quotas) if quotas else None
 
 
 def _mem_available(meminfo: Path) -> int:
@@ -188,12 +218,16 @@ def _mem_available(meminfo: Path) -> int:
 
 
 def read_machine(cgroup: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc")) -> Machine:
-    """The affinity mask, cgroup limits (v1 or v2, as seen inside a container) and
-    the machine's available memory."""
+    """The affinity mask, this process's cgroup limits (v1 or v2, on a host or inside
+    a container) and the machine's available memory."""
+    try:
+        own = own_cgroups((proc / "self" / "cgroup").read_text())
+    except OSError:
+        own = {}
     return Machine(
         cpus=tuple(sorted(os.sched_getaffinity(0))),
-        cpu_quota=_cpu_quota(cgroup),
-        memory_limit=_memory_limit(cgroup),
+        cpu_quota=_cpu_quota(cgroup, own),
+        memory_limit=_memory_limit(cgroup, own),
         memory_available=_mem_available(proc / "meminfo"),
     )
 

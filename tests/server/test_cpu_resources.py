@@ -129,6 +129,28 @@ def test_reads_cgroup_v2_limits(tmp_path: Path) -> None:
     assert (m.memory_limit, m.cpu_quota) == (None, None)
 
 
+def test_reads_the_processs_own_cgroup_and_its_parents_on_a_host(tmp_path: Path) -> None:
+    """A job in a sub-cgroup: its own limit or a parent's, whichever is lower."""
+    cg, proc = tmp_path / "cg", _meminfo(tmp_path)
+    _write(proc / "self" / "cgroup", "4:memory:/jobs/job-1\n1:cpu,cpuacct:/jobs/job-1\n")
+    _write(cg / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    _write(cg / "memory" / "jobs" / "memory.limit_in_bytes", f"{6 * GIB}\n")
+    _write(cg / "memory" / "jobs" / "job-1" / "memory.limit_in_bytes", f"{8 * GIB}\n")
+    _write(cg / "cpu" / "jobs" / "job-1" / "cpu.cfs_quota_us", "300000\n")
+    _write(cg / "cpu" / "jobs" / "job-1" / "cpu.cfs_period_us", "100000\n")
+    m = read_machine(cg, proc)
+    assert (m.memory_limit, m.cpu_quota) == (6 * GIB, 3.0)
+
+
+def test_inside_a_container_the_cgroup_is_mounted_at_the_root(tmp_path: Path) -> None:
+    """runc on cgroup v1: /proc/self/cgroup names the host's path, which does not
+    exist under the container's /sys/fs/cgroup; the container's own cgroup is its root."""
+    cg, proc = tmp_path / "cg", _meminfo(tmp_path)
+    _write(proc / "self" / "cgroup", "4:memory:/kubepods/burstable/pod1/c1\n")
+    _write(cg / "memory" / "memory.limit_in_bytes", f"{4 * GIB}\n")
+    assert read_machine(cg, proc).memory_limit == 4 * GIB
+
+
 def test_local_weights_are_measured_hub_ids_are_unknown(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
     (tmp_path / "config.json").write_text("{}")
