@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from chart.chart_helpers import CHART, Release, operator_kubeconfig, pods_ready, restrict
 from kube_cluster import REPO, Cluster, wait_until
 from operator_harness import start_operator
@@ -158,7 +159,14 @@ def test_operator_with_the_chart_service_account_reconciles_to_ready(
 
     operator = start_operator(ns, env, tmp_path / "operator.log")
     try:
-        cluster.kubectl("-n", ns, "apply", "-f", str(REPO / "examples" / "tiny-cpu.yaml"))
+        # On a kwok node, where kwok plays the pod: this test is about the chart's
+        # credentials (tests/e2e runs the example's pods for real).
+        example = yaml.safe_load((REPO / "examples" / "tiny-cpu.yaml").read_text())
+        example["spec"]["scheduling"] = {
+            "nodeSelector": {"type": "kwok"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        }
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(example))
         proc = cluster.kubectl(
             "-n", ns, "wait", "--for=condition=Ready", "llmd/tiny-cpu", "--timeout=120s",
             check=False, timeout=150,
