@@ -471,7 +471,7 @@ class DisruptionBudgetSpec(ApiModel):
 
 
 # The images `make image` builds (operator/Dockerfile, server/Dockerfile{,.cpu}); the
-# operator's --server-image/--server-image-cpu (chart: serverImage.gpu/.cpu) override.
+# operator's --server-image/--server-image-cpu (chart: serverImage) override.
 DEFAULT_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0"
 DEFAULT_CPU_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0-cpu"
 
@@ -514,7 +514,7 @@ class LLMDeploymentSpec(ApiModel):
         min_length=1,
         max_length=1024,
         description="Server image. Default: the operator's server image for GPUs, or its CPU "
-        "image when resources.useGPU is false (chart values serverImage.gpu / serverImage.cpu).",
+        "image when resources.useGPU is false (chart value serverImage: <tag> and <tag>-cpu).",
     )
     image_pull_policy: PullPolicy = Field(
         default=PullPolicy.IF_NOT_PRESENT, description="Image pull policy."
