@@ -22,7 +22,13 @@ import kopf
 from lamina_operator import metrics
 from lamina_operator.kube import Kube, TransientApiError
 from lamina_operator.reconcile import Memory, Observed, reconcile
-from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner, ServerImages
+from lamina_operator.render import (
+    CHILD_RESOURCES,
+    DEFAULT_IMAGES,
+    FIELD_MANAGER,
+    Owner,
+    ServerImages,
+)
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0
@@ -38,7 +44,7 @@ class Runtime:
     """What the handlers share within one operator process."""
 
     kube: Kube
-    images: ServerImages = field(default_factory=ServerImages)
+    images: ServerImages = DEFAULT_IMAGES
     memory: Memory = field(default_factory=Memory)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
 
@@ -65,7 +71,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.runtime = Runtime(kube=await Kube.connect(), images=memo.get("images", ServerImages()))
+    memo.runtime = Runtime(kube=await Kube.connect(), images=memo.get("images", DEFAULT_IMAGES))
     metrics.register_api_counter(memo.runtime.kube.requests)
 
 
