@@ -12,8 +12,8 @@
 #
 # Caching: buildah's layer cache keys every Dockerfile step by its text and the
 # checksums of what it copies, so a warm build takes seconds and only what changed
-# is rebuilt (the ~6 GB dependency layer of server-cpu only when pyproject.toml or
-# hack/install-python.sh change). An import is skipped when containerd already
+# is rebuilt (the ~6 GB torch/vLLM layer of server-cpu only when
+# hack/install-python.sh changes). An import is skipped when containerd already
 # holds the same image ID (label lamina.dev/image-id).
 #
 # State: $LAMINA_CACHE/images/ (buildah storage, pip's download cache). Needs root

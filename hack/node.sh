@@ -39,7 +39,6 @@ log_tag=node
 # shellcheck source=hack/lib.sh
 source "$here/lib.sh"
 
-
 # (containerd warns on every call that cgroup v1 is deprecated: this machine has only v1.)
 ctr_() { "$(bin_dir)/ctr" --address "$sock" --namespace k8s.io "$@" 2> >(grep -v DEPRECATION >&2); }
 
@@ -272,7 +271,7 @@ our_chains() { # iptables lines that name the kubelet's, kube-proxy's or CNI's c
 strays() { # what a stopped node must not leave behind, one a line
 	local p
 	for p in kubelet kube-proxy containerd containerd-shim-runc-v2; do
-		pgrep -f "$(bin_dir)/$p( |$)" | sed "s/^/process $p: /" || true
+		daemon_pids "$p" | sed "s/^/process $p: /"
 	done
 	pod_processes | sed 's/^/pod process: /'
 	our_mounts | sed 's/^/mount: /'
@@ -313,7 +312,7 @@ down() {
 		"$b/kube-proxy" --config "$run/kube-proxy.yaml" --cleanup >/dev/null 2>&1 || true
 	fi
 	stop containerd
-	pkill -KILL -f "$b/containerd-shim-runc-v2" 2>/dev/null || true
+	stop containerd-shim-runc-v2
 	for p in $(our_mounts); do umount "$p" 2>/dev/null || umount -l "$p" 2>/dev/null || true; done
 	ip link del "$bridge" 2>/dev/null || true
 	for p in $(ip -o link show type veth 2>/dev/null | grep -F "master $bridge" | awk -F': ' '{print $2}' | cut -d@ -f1); do

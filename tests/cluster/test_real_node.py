@@ -10,12 +10,10 @@ from pathlib import Path
 
 import kube_cluster
 import pytest
+from e2e.real_node import NODE, NODE_SH, image_ref
 from kube_cluster import REPO, Cluster, wait_until
 
 pytestmark = pytest.mark.cluster
-
-NODE = "lamina-node"
-NODE_SH = REPO / "hack" / "node.sh"
 
 
 def _pinned(var: str) -> str:
@@ -23,13 +21,6 @@ def _pinned(var: str) -> str:
         if line.startswith(f"{var}="):
             return line.split("=", 1)[1]
     raise AssertionError(f"{var} not pinned")
-
-
-def _pause_image() -> str:
-    out = subprocess.run(
-        [str(REPO / "hack" / "images.sh"), "ref", "pause"], capture_output=True, text=True
-    )
-    return out.stdout.strip()
 
 
 def test_the_real_node_runs_kubelet_on_containerd_and_kwok_leaves_it_alone(
@@ -57,7 +48,7 @@ def _pod(name: str) -> str:
             "metadata": {"name": name},
             "spec": {
                 "containers": [
-                    {"name": "main", "image": _pause_image(), "imagePullPolicy": "Never"}
+                    {"name": "main", "image": image_ref("pause"), "imagePullPolicy": "Never"}
                 ],
                 "terminationGracePeriodSeconds": 1,
             },

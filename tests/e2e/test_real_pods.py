@@ -28,6 +28,7 @@ import pytest
 import yaml
 from e2e.real_node import (
     NODE,
+    NODE_SH,
     Load,
     ModelVolume,
     condition,
@@ -289,7 +290,7 @@ def _container_pid(pod: dict[str, Any]) -> int:
         "containerd://"
     )
     out = subprocess.run(
-        [str(REPO / "hack" / "node.sh"), "ctr", "tasks", "ls"],
+        [str(NODE_SH), "ctr", "tasks", "ls"],
         capture_output=True,
         text=True,
         check=True,
