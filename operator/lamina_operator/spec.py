@@ -90,7 +90,14 @@ class ModelSpec(ApiModel):
         max_length=256,
         description="Name clients use in the OpenAI `model` field. Defaults to `name`.",
     )
-    dtype: Dtype = Field(default=Dtype.AUTO, description="Weights and activations data type.")
+    dtype: Dtype = Field(
+        default=Dtype.AUTO,
+        description=(
+            "Weights and activations data type. `auto` keeps the checkpoint's own dtype "
+            "(as transformers loads it; float32 when the checkpoint records none), so hidden "
+            "states match transformers'; set `bfloat16` to trade that for speed."
+        ),
+    )
     quantization: Quantization | None = Field(
         default=None, description="Quantization method of the checkpoint, if any."
     )

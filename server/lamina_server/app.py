@@ -26,7 +26,7 @@ from .config import LaminaSettings
 from .errors import ErrorType, LaminaError, error_body
 from .limits import Admission
 from .metrics import Metrics, route_label
-from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest
+from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits
 from .service import HiddenStateService, ModelFacts, dumps_json
 
 log = logging.getLogger("lamina_server")
@@ -99,6 +99,28 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
     return task.result()
 
 
+def health_answer(
+    status: Literal["healthy", "loading", "draining"], facts: ModelFacts, settings: LaminaSettings
+) -> Health:
+    return Health(
+        status=status,
+        model=facts.name,
+        num_layers=facts.num_layers,
+        hidden_size=facts.hidden_size,
+        max_model_len=facts.max_model_len,
+        dtype=facts.dtype,
+        device=facts.device,
+        gpu=facts.accelerator,
+        memory=f"{facts.weights_bytes / 1e9:.2f}GB",
+        weights_bytes=facts.weights_bytes,
+        limits=Limits(
+            max_prompts_per_request=settings.max_prompts_per_request,
+            max_tokens_per_request=settings.max_tokens_per_request,
+            max_response_bytes=settings.max_response_bytes,
+        ),
+    )
+
+
 def _service(state: ServerState) -> HiddenStateService:
     if state.service is None or not state.ready:
         raise LaminaError(ErrorType.DRAINING, "model is still loading")
@@ -154,24 +176,19 @@ def build_router(state: ServerState) -> APIRouter:
 
         return await guarded(handle)
 
-    @router.get("/health", response_model=Health)
+    @router.get("/health", response_model=Health, responses={503: {}})
     async def health() -> Response:
+        """The model, the engine's dtype and device, and the request limits; 200 only
+        when requests are being served."""
         facts = state.facts
         if facts is None:
-            return JSONResponse(
-                error_body(ErrorType.DRAINING, "model is still loading"), status_code=503
-            )
-        status: Literal["ok", "loading", "draining"] = (
-            "draining" if state.admission.draining else "ok" if state.ready else "loading"
+            body = error_body(ErrorType.DRAINING, "model is still loading")
+            return JSONResponse({"status": "loading", **body}, status_code=503)
+        status: Literal["healthy", "loading", "draining"] = (
+            "draining" if state.admission.draining else "healthy" if state.ready else "loading"
         )
-        return JSONResponse(
-            Health(
-                status=status,
-                model=facts.name,
-                num_layers=facts.num_layers,
-                hidden_size=facts.hidden_size,
-            ).model_dump()
-        )
+        answer = health_answer(status, facts, state.settings)
+        return JSONResponse(answer.model_dump(), status_code=200 if status == "healthy" else 503)
 
     @router.get("/healthz")
     async def healthz() -> Response:
@@ -202,6 +219,7 @@ def build_router(state: ServerState) -> APIRouter:
 
 
 CLOSE = (b"connection", b"close")
+ENGINE_DTYPE_HEADER = b"x-lamina-engine-dtype"
 
 
 class LaminaMiddleware:
@@ -229,9 +247,16 @@ class LaminaMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                extra = []
                 if state.admission.draining:
                     # Move keep-alive clients to another pod (uvicorn closes after this).
-                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
+                    extra.append(CLOSE)
+                if path.startswith("/v1/") and state.facts is not None:
+                    # Every answer says what the engine computed in (OpenAI shapes
+                    # have no field for it).
+                    extra.append((ENGINE_DTYPE_HEADER, state.facts.dtype.encode()))
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:

@@ -97,6 +97,19 @@ def residual_stream(output: Any) -> torch.Tensor:
     raise TypeError(f"unexpected decoder layer output type {type(output)!r}")
 
 
+def _placement(model: torch.nn.Module) -> dict[str, Any]:
+    """Where and in what this rank's weights live: dtype, device, the GPU's name, bytes."""
+    params = list(model.parameters())
+    first = params[0] if params else torch.empty(0)
+    device = first.device
+    return {
+        "dtype": str(first.dtype).removeprefix("torch."),
+        "device": device.type,
+        "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "weights_bytes": sum(p.numel() * p.element_size() for p in params),
+    }
+
+
 class HiddenStateCapture:
     """Mixed into vLLM's worker; methods are called through ``collective_rpc``.
 
@@ -140,7 +153,7 @@ class HiddenStateCapture:
                     continue  # owned by another pipeline stage
                 handles.append(layer.register_forward_hook(self._lamina_layer_hook(index)))
             state["handles"] = handles
-        return {"num_layers": num_layers, "hidden_size": hidden_size}
+        return {"num_layers": num_layers, "hidden_size": hidden_size, **_placement(model)}
 
     def lamina_stats(self) -> dict[str, int]:
         """How often a layer hook captured rows, and pending captures (for tests)."""

@@ -10,6 +10,12 @@ For chat, the prompt is the conversation rendered with the model's chat template
 (generation prompt included), tokenized as vLLM does; text messages only.
 Streaming is refused (422): the states would arrive after the last chunk.
 Requests without the field pass through untouched (the body is only peeked at).
+
+Legacy shape (the seed TypeScript client, ``001_…`` §3.2): ``"output_hidden_states":
+true`` with ``"hidden_state_layer": L`` answers ``"hidden_states"`` as one vector, the
+last prompt token's state at layer ``L`` (a list of them for a list of prompts), with
+``"hidden_states_metadata"`` beside it. ``hidden_state_layer`` without hidden states
+asked for is dropped (that client always sends it).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .service import dumps_json
 log = logging.getLogger("lamina_server")
 
 FIELD = "output_hidden_states"
+LEGACY_LAYER = "hidden_state_layer"
 _OPTIONS = {"layers", "layer", "pooling", "encoding_format", "dtype"}
 CHAT = "/v1/chat/completions"
 PATHS = ("/v1/completions", CHAT)
@@ -67,6 +74,18 @@ def hidden_states_request(
         raise invalid(f"{FIELD}: {validation_message(e)}") from None
 
 
+def legacy_option(option: Any, layer: Any) -> dict[str, Any]:
+    """The options meant by ``output_hidden_states: true`` + ``hidden_state_layer``."""
+    if option is not True:
+        raise invalid(
+            f"{LEGACY_LAYER} goes with {FIELD}: true; with an object, name the layer "
+            "inside it ('layers' or 'layer')"
+        )
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise invalid(f"{LEGACY_LAYER} must be an integer layer index; got {layer!r}")
+    return {"layers": [layer], "pooling": "last"}
+
+
 class CompletionsHiddenStates:
     """Wraps the app; handles ``output_hidden_states`` on completions and chat."""
 
@@ -88,19 +107,22 @@ class CompletionsHiddenStates:
             more = message.get("more_body", False)
         raw = b"".join(chunks)
         body: Any = None
-        if FIELD.encode() in raw:
+        if FIELD.encode() in raw or LEGACY_LAYER.encode() in raw:
             try:
                 body = json.loads(raw)
             except ValueError:
                 body = None
-        if not isinstance(body, dict) or FIELD not in body:
+        if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
             await self.app(scope, _replay(raw, receive), send)
             return
-        option = body.pop(FIELD)
+        option = body.pop(FIELD, None)
+        legacy_layer = body.pop(LEGACY_LAYER, None)
         if option is False or option is None:
             await self.app(scope, _replay(json.dumps(body).encode(), receive), send)
             return
         try:
+            if legacy_layer is not None:
+                option = legacy_option(option, legacy_layer)
             service = self.state.service
             if service is None or not self.state.ready:
                 raise LaminaError(ErrorType.DRAINING, "model is still loading")
@@ -139,7 +161,14 @@ class CompletionsHiddenStates:
         payload = b"".join(captured["body"])
         if start["status"] == 200:
             merged = json.loads(payload)
-            merged["hidden_states"] = service.render_json(plan, results)
+            rendered = service.render_json(plan, results)
+            if legacy_layer is None:
+                merged["hidden_states"] = rendered
+            else:
+                vectors = rendered["hidden_states"]
+                single = isinstance(body.get("prompt"), str) or scope["path"] == CHAT
+                merged["hidden_states"] = vectors[0] if single else vectors
+                merged["hidden_states_metadata"] = rendered["metadata"]
             payload = dumps_json(merged)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))

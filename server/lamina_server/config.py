@@ -201,3 +201,28 @@ def parse_command_line(
         api_key=env.get("LAMINA_API_KEY") or None,
     )
     return settings, rest + passthrough
+
+
+# torch's names of the dtypes a checkpoint records, as vLLM's --dtype spells them.
+_CHECKPOINT_DTYPES = {
+    "float32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+}
+
+
+def engine_dtype(requested: str, checkpoint: str | None, quantization: str | None) -> str:
+    """The ``--dtype`` vLLM gets.
+
+    ``auto`` means the checkpoint's own dtype, as transformers loads it: vLLM's own
+    ``auto`` would compute a float32 checkpoint in half precision, and the hidden states
+    would then differ from transformers' by far more than rounding. A checkpoint that
+    records no dtype (or an exotic one) is float32, transformers' default. Quantised
+    models keep vLLM's choice: their kernels decide the activation dtype.
+    """
+    if requested != "auto" or quantization:
+        return requested
+    name = (checkpoint or "float32").removeprefix("torch.")
+    return _CHECKPOINT_DTYPES.get(name, "float32")

@@ -29,7 +29,7 @@ from . import cpu_resources
 from .app import LaminaMiddleware, ServerState, install
 from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
-from .config import LaminaSettings, Pooling
+from .config import LaminaSettings, Pooling, engine_dtype
 from .errors import invalid
 from .limits import Admission
 from .metrics import Metrics
@@ -58,9 +58,31 @@ def parse_vllm_args(argv: Sequence[str]) -> Namespace:
     args.worker_extension_cls = WORKER_EXTENSION
     # Authentication is Lamina's (LAMINA_API_KEY, with open probe routes).
     args.api_key = None
+    if str(args.dtype) == "auto":
+        args.dtype = _auto_dtype(args)
     validate_parsed_serve_args(args)
     parsed: Namespace = args
     return parsed
+
+
+def _auto_dtype(args: Namespace) -> str:
+    """``--dtype auto`` made explicit: the checkpoint's own dtype (see
+    :func:`~lamina_server.config.engine_dtype`); vLLM's ``auto`` when the checkpoint's
+    config cannot be read here (a format only vLLM knows)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            args.model, revision=args.revision, trust_remote_code=args.trust_remote_code
+        )
+    except Exception as e:
+        log.warning("cannot read the checkpoint's dtype (%s); vLLM chooses the dtype", e)
+        return "auto"
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    recorded = getattr(text_config, "dtype", None) or getattr(config, "dtype", None)
+    chosen = engine_dtype("auto", str(recorded) if recorded else None, args.quantization)
+    log.info("dtype auto: %s (the checkpoint records %s)", chosen, recorded)
+    return chosen
 
 
 class _Fetcher:
@@ -139,6 +161,11 @@ class VllmHiddenStateEngine:
             hidden_size=int(info["hidden_size"]),
             max_model_len=int(mc.max_model_len),
             vocab_size=int(mc.get_vocab_size()),
+            # The model config's dtype, what vLLM computes in (weights may be quantised).
+            dtype=str(mc.dtype).removeprefix("torch."),
+            device=str(info["device"]),
+            accelerator=info["accelerator"],
+            weights_bytes=sum(int(i["weights_bytes"]) for i in infos),
         )
         return cls(client, facts, metrics)
 
@@ -374,9 +401,9 @@ def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
     from vllm.logger import configure_logging_from_args
 
     cli_env_setup()  # type: ignore[no-untyped-call]
+    _log_to_stderr()
     args = parse_vllm_args(vllm_argv)
     configure_logging_from_args(args)
-    _log_to_stderr()
     kv_cache = apply_cpu_plan(args.model, args.kv_cache_memory_bytes is not None)
     if kv_cache is not None:
         args.kv_cache_memory_bytes = kv_cache

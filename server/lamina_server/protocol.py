@@ -2,14 +2,25 @@
 
 ``/v1/hidden_states`` keeps the shape existing clients use (``prompts``, ``layer``,
 ``max_tokens``, ``temperature``, ``return_hidden_states`` in; ``hidden_states``,
-``layer``, ``model``, ``prompt_tokens``, ``metadata`` out) and extends it.
+``layer``, ``model``, ``prompt_tokens``, ``metadata`` out) and extends it. The seed
+TypeScript client (``001_…`` §3.2) sends ``maxTokens`` and ``returnHiddenStates`` in
+camelCase: those two spellings are accepted by name (validation aliases), nothing
+else unknown is.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from .config import Pooling
 from .encoding import DType, EncodingFormat
@@ -33,9 +44,14 @@ class HiddenStatesRequest(_Strict):
     dtype: DType = "float32"
     model: StrictStr | None = None
     # Accepted for compatibility with existing clients; they do not change the answer.
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, validation_alias=AliasChoices("max_tokens", "maxTokens")
+    )
     temperature: Annotated[float, Field(ge=0)] | None = None
-    return_hidden_states: bool | None = None
+    return_hidden_states: bool | None = Field(
+        default=None,
+        validation_alias=AliasChoices("return_hidden_states", "returnHiddenStates"),
+    )
 
     @model_validator(mode="after")
     def _one_way_to_name_layers(self) -> HiddenStatesRequest:
@@ -91,7 +107,8 @@ class PromptStates(BaseModel):
 class HiddenStatesMetadata(BaseModel):
     num_prompts: int
     hidden_size: int
-    dtype: DType
+    dtype: DType  # of the answer's values
+    engine_dtype: str  # the engine computed in this
     num_layers: int
     pooling: Pooling
     encoding_format: EncodingFormat
@@ -110,8 +127,27 @@ class HiddenStatesResponse(BaseModel):
     data: list[PromptStates]
 
 
+class Limits(BaseModel):
+    """What one request may ask for (clients batch by these)."""
+
+    max_prompts_per_request: int
+    max_tokens_per_request: int
+    max_response_bytes: int
+
+
 class Health(BaseModel):
-    status: Literal["ok", "loading", "draining"]
+    """``GET /health``: 200 with ``status: "healthy"`` only when requests are served
+    (the seed clients test ``status === 'healthy'``); 503 with ``loading`` or
+    ``draining`` otherwise."""
+
+    status: Literal["healthy", "loading", "draining"]
     model: str
     num_layers: int
     hidden_size: int
+    max_model_len: int
+    dtype: str  # the engine's compute dtype
+    device: str  # cpu, cuda, ...
+    gpu: str | None  # the accelerator's name; null on CPU
+    memory: str  # model weights in the engine, e.g. "7.84GB" (the seed's format)
+    weights_bytes: int
+    limits: Limits

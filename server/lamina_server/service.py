@@ -47,6 +47,10 @@ class ModelFacts:
     hidden_size: int
     max_model_len: int
     vocab_size: int
+    dtype: str  # what the engine computes in (float32, bfloat16, ...)
+    device: str  # cpu, cuda, ...
+    accelerator: str | None  # the GPU's name; None on CPU
+    weights_bytes: int  # the model's parameters in the engine, all ranks
 
 
 class HiddenStateEngine(Protocol):
@@ -254,6 +258,7 @@ class HiddenStateService:
                 "num_prompts": len(plan.token_ids),
                 "hidden_size": self.facts.hidden_size,
                 "dtype": dtype,
+                "engine_dtype": self.facts.dtype,
                 "num_layers": self.facts.num_layers,
                 "pooling": plan.pooling,
                 "encoding_format": fmt,
@@ -280,6 +285,7 @@ class HiddenStateService:
             "prompt_tokens": json.dumps(plan.prompt_tokens),
             "pooling": plan.pooling,
             "hidden_size": str(self.facts.hidden_size),
+            "engine_dtype": self.facts.dtype,
         }
         return safetensors_bytes(tensors, plan.dtype, metadata)
 

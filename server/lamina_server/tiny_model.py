@@ -5,11 +5,13 @@ weights are reproducible) next to a byte-level BPE tokenizer trained with
 ``tokenizers`` on a small built-in corpus and saved as a HF fast tokenizer with a
 chat template. vLLM then loads the directory like any local checkpoint.
 
-Two architectures with different decoder-layer structure:
+Three architectures with different decoder-layer structure:
 
 * ``llama``: RMSNorm, rotary positions, gated MLP; vLLM's layer returns
   ``(hidden, residual)``.
 * ``gpt2``: LayerNorm, learned positions, GELU MLP; vLLM's block returns one tensor.
+* ``qwen2``: Llama's structure plus q/k/v biases (drawn at random here: transformers
+  initialises them to zero, which would hide a bias that was not applied).
 
 Usage: ``python -m lamina_server.tiny_model --arch llama --layers 4 --hidden 256``
 prints the model directory (cached under ``${LAMINA_CACHE:-~/.cache/lamina}/models``).
@@ -24,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHS = ("llama", "gpt2")
+ARCHS = ("llama", "gpt2", "qwen2")
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -114,11 +116,38 @@ def _train_tokenizer(spec: TinyModelSpec, out: Path) -> None:
 
 def _build_model(spec: TinyModelSpec, out: Path) -> None:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(spec.seed)
     model: torch.nn.Module
-    if spec.arch == "llama":
+    if spec.arch == "qwen2":
+        qcfg = Qwen2Config(
+            vocab_size=spec.vocab,
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=spec.max_positions,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+            dtype="float32",
+        )
+        model = Qwen2ForCausalLM(qcfg)  # type: ignore[no-untyped-call]
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                    param.normal_(std=0.5)
+    elif spec.arch == "llama":
         config = LlamaConfig(
             vocab_size=spec.vocab,
             hidden_size=spec.hidden,

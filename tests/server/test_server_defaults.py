@@ -74,6 +74,8 @@ def test_the_bare_command_starts_and_sizes_its_kv_cache_from_the_memory_limit(
             wait_until(ready, timeout=300, interval=1.0, what="the bare server to be ready")
             health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
             assert health["num_layers"] == 4
+            # No --dtype: the checkpoint's float32, not vLLM's bfloat16 on CPU.
+            assert health["dtype"] == "float32"
             r = httpx.post(
                 f"http://127.0.0.1:{port}/v1/hidden_states", json={"prompts": ["Hi"]}, timeout=60
             )

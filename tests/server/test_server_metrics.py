@@ -64,11 +64,23 @@ def test_metrics_parse_and_move(llama_server: Server) -> None:
 def test_probes(llama_server: Server) -> None:
     health = httpx.get(f"{llama_server.url}/health", timeout=10)
     assert health.status_code == 200
-    assert health.json() == {
-        "status": "ok",
+    answer = health.json()
+    assert answer.pop("weights_bytes") > 0
+    assert answer.pop("memory").endswith("GB")
+    assert answer == {
+        "status": "healthy",
         "model": str(llama_server.model),
         "num_layers": 4,
         "hidden_size": 256,
+        "max_model_len": 256,
+        "dtype": "float32",
+        "device": "cpu",
+        "gpu": None,
+        "limits": {
+            "max_prompts_per_request": 64,
+            "max_tokens_per_request": 4000,
+            "max_response_bytes": 1 << 20,
+        },
     }
     assert httpx.get(f"{llama_server.url}/healthz", timeout=10).json() == {"status": "ok"}
     assert httpx.get(f"{llama_server.url}/readyz", timeout=10).status_code == 200

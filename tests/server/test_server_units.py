@@ -17,6 +17,7 @@ from lamina_server.config import (
     LaminaSettings,
     Pooling,
     apply_environment,
+    engine_dtype,
     parse_command_line,
     parse_size,
 )
@@ -236,7 +237,15 @@ class FakeEngine:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.facts = ModelFacts(
-            "fake", num_layers=4, hidden_size=8, max_model_len=64, vocab_size=100
+            "fake",
+            num_layers=4,
+            hidden_size=8,
+            max_model_len=64,
+            vocab_size=100,
+            dtype="float32",
+            device="cpu",
+            accelerator=None,
+            weights_bytes=1 << 20,
         )
         self.delay = delay
         self.cancelled = 0
@@ -412,8 +421,101 @@ def test_completions_wrapper_strips_field_and_merges_states() -> None:
             )
             assert r.status_code == 422
             assert len(seen) == 2
+            # The seed client's shape: one vector, the last prompt token at that layer.
+            legacy = {"output_hidden_states": True, "hidden_state_layer": -2}
+            r = await client.post("/v1/completions", json={**body, **legacy})
+            assert r.status_code == 200, r.text
+            assert seen[-1] == body
+            assert r.json()["hidden_states"] == engine.rows(engine.tokenize("ab"), 2)[-1].tolist()
+            assert r.json()["hidden_states_metadata"]["engine_dtype"] == "float32"
+            assert r.headers["x-lamina-engine-dtype"] == "float32"
+            many = {**body, "prompt": ["ab", "c"], **legacy}
+            vectors = (await client.post("/v1/completions", json=many)).json()["hidden_states"]
+            assert vectors[1] == engine.rows(engine.tokenize("c"), 2)[-1].tolist()
+            # ... and the layer alone (it always sends it) changes nothing.
+            r = await client.post(
+                "/v1/completions",
+                json={**body, "output_hidden_states": False, "hidden_state_layer": -2},
+            )
+            assert "hidden_states" not in r.json()
+            assert seen[-1] == body
+            for bad in ({"layers": [0]}, "yes"):
+                r = await client.post(
+                    "/v1/completions",
+                    json={**body, "output_hidden_states": bad, "hidden_state_layer": -2},
+                )
+                assert r.status_code == 422, bad
+            r = await client.post(
+                "/v1/completions",
+                json={**body, "output_hidden_states": True, "hidden_state_layer": "-2"},
+            )
+            assert "integer layer index" in r.json()["error"]["message"]
 
     asyncio.run(run())
+
+
+def test_seed_clients_fields_are_accepted_and_nothing_else() -> None:
+    async def run() -> None:
+        client, _, engine = make_client()
+        seed = {
+            "prompts": ["ab"],
+            "layer": -2,
+            "maxTokens": 1,
+            "temperature": 0.0,
+            "returnHiddenStates": True,
+        }
+        r = await client.post("/v1/hidden_states", json=seed)
+        assert r.status_code == 200, r.text
+        assert r.json()["hidden_states"][0] == engine.rows(engine.tokenize("ab"), 2)[-1].tolist()
+        r = await client.post("/v1/hidden_states", json={**seed, "topK": 1})
+        assert r.status_code == 422
+        assert "topK" in r.json()["error"]["message"]
+        r = await client.post("/v1/hidden_states", json={**seed, "returnHiddenStates": False})
+        assert r.status_code == 422
+
+    asyncio.run(run())
+
+
+def test_health_tells_old_and_new_clients_the_truth() -> None:
+    async def run() -> None:
+        client, state, _ = make_client(max_prompts_per_request=8)
+        r = await client.get("/health")
+        assert r.status_code == 200
+        health = r.json()
+        assert health["status"] == "healthy"  # what the seed clients test
+        assert health["dtype"] == "float32"
+        assert (health["device"], health["gpu"], health["memory"]) == ("cpu", None, "0.00GB")
+        assert health["limits"]["max_prompts_per_request"] == 8
+        r = await client.post("/v1/hidden_states", json={"prompts": ["x"]})
+        assert r.json()["metadata"]["engine_dtype"] == "float32"
+        assert r.headers["x-lamina-engine-dtype"] == "float32"
+        state.ready = False
+        r = await client.get("/health")
+        assert (r.status_code, r.json()["status"]) == (503, "loading")
+        state.ready = True
+        state.admission.start_drain()
+        r = await client.get("/health")
+        assert (r.status_code, r.json()["status"]) == (503, "draining")
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("requested", "checkpoint", "quantization", "want"),
+    [
+        ("auto", "float32", None, "float32"),  # vLLM's auto would give half precision
+        ("auto", "torch.bfloat16", None, "bfloat16"),
+        ("auto", "float16", None, "float16"),
+        ("auto", None, None, "float32"),  # unrecorded: transformers' default
+        ("auto", "float64", None, "float32"),
+        ("bfloat16", "float32", None, "bfloat16"),  # asked for: kept
+        ("auto", "bfloat16", "awq", "auto"),  # quantised: the kernels decide
+    ],
+)
+def test_engine_dtype_keeps_the_checkpoints(
+    requested: str, checkpoint: str | None, quantization: str | None, want: str
+) -> None:
+    assert engine_dtype(requested, checkpoint, quantization) == want
 
 
 def test_tests_run_this_trees_code() -> None:
