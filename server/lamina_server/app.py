@@ -20,11 +20,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import LaminaSettings
-from .errors import ErrorType, LaminaError, error_body
-from .limits import Admission
+from .errors import ErrorType, LaminaError, error_body, normalized_error, too_large
+from .limits import Admission, json_problem
 from .metrics import Metrics, route_label
 from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits
 from .service import HiddenStateService, ModelFacts, dumps_json
@@ -92,8 +93,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
     finally:
         watcher.cancel()
         if not task.done():
-            task.cancel()
-            log.info("client disconnected; aborted its work")
+            task.cancel()  # the middleware logs the disconnect
     if task.cancelled():
         return None
     return task.result()
@@ -135,6 +135,8 @@ def build_router(state: ServerState) -> APIRouter:
             return await call()
         except LaminaError as e:
             return error_response(e)
+        except ClientDisconnect:  # not an error of ours: the middleware counts it (499)
+            return Response(status_code=CLIENT_GONE)
         except Exception as e:  # engine failure: one envelope, logged with its cause
             log.exception("engine error")
             return error_response(LaminaError(ErrorType.ENGINE, f"engine error: {e}"))
@@ -151,7 +153,7 @@ def build_router(state: ServerState) -> APIRouter:
             plan = service.plan_hidden_states(req)
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
-                return Response(status_code=499)
+                return Response(status_code=CLIENT_GONE)
             if OCTET_STREAM in request.headers.get("accept", ""):
                 body = service.render_safetensors(plan, results)
                 return Response(body, media_type=OCTET_STREAM)
@@ -171,7 +173,7 @@ def build_router(state: ServerState) -> APIRouter:
             plan = service.plan_embeddings(req)
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
-                return Response(status_code=499)
+                return Response(status_code=CLIENT_GONE)
             return Response(dumps_json(service.render_embeddings(plan, results)), media_type=JSON)
 
         return await guarded(handle)
@@ -219,11 +221,76 @@ def build_router(state: ServerState) -> APIRouter:
 
 
 CLOSE = (b"connection", b"close")
+# nginx's code for "client closed the request": how a disconnect is counted in
+# lamina_requests_total (not as a 500).
+CLIENT_GONE = 499
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Bodies above this are scanned off the event loop (probes keep answering).
+SCAN_IN_THREAD_BYTES = 1 << 20
 ENGINE_DTYPE_HEADER = b"x-lamina-engine-dtype"
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, refused (413) past ``limit`` bytes before more is read;
+    None when the client went away first."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that first gives ``body`` whole, then the client's next messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def check_body(scope: Scope, receive: Receive, settings: LaminaSettings) -> bytes | None:
+    """The body, within the size limit and (if JSON) cheap to parse; None on disconnect."""
+    body = await read_body(scope, receive, settings.max_body_bytes)
+    content_type = _header(scope, b"content-type") or JSON
+    if body is None or "json" not in content_type:
+        return body
+    args = (body, settings.max_json_depth, settings.max_json_array_items)
+    if len(body) > SCAN_IN_THREAD_BYTES:
+        problem = await asyncio.to_thread(json_problem, *args)
+    else:
+        problem = json_problem(*args)
+    if problem is not None:
+        raise problem
+    return body
+
+
 class LaminaMiddleware:
-    """Bearer auth, admission control on ``/v1/*``, request metrics."""
+    """Bearer auth, body limits, admission control on ``/v1/*``, request metrics, and
+    every error answer in the one envelope (whoever made it)."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -242,11 +309,40 @@ class LaminaMiddleware:
         started = time.perf_counter()
         status = 500
         admitted = False
+        responded = False
+        disconnected = False
+        held: Message | None = None  # an error answer's start, until its body is known
+        error_chunks: list[bytes] = []
+
+        async def receive_and_watch() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responded:
+                disconnected = True
+            return message
 
         async def send_and_record(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded, held
+            if message["type"] == "http.response.body" and held is not None:
+                error_chunks.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                payload = normalized_error(status, b"".join(error_chunks))
+                kept = [
+                    (k, v)
+                    for k, v in held.get("headers", [])
+                    if k.lower() not in (b"content-length", b"content-type")
+                ]
+                kept += [
+                    (b"content-type", JSON.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                ]
+                await send({**held, "headers": kept})
+                await send({"type": "http.response.body", "body": payload})
+                return
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                responded = True
                 extra = []
                 if state.admission.draining:
                     # Move keep-alive clients to another pod (uvicorn closes after this).
@@ -257,6 +353,9 @@ class LaminaMiddleware:
                     extra.append((ENGINE_DTYPE_HEADER, state.facts.dtype.encode()))
                 if extra:
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
+                if 400 <= status < 500:  # client errors (503s of /health carry facts)
+                    held = message
+                    return
             await send(message)
 
         try:
@@ -267,6 +366,18 @@ class LaminaMiddleware:
                     LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key"),
                 )
                 return
+            app_receive: Receive = receive_and_watch
+            if scope["method"] in BODY_METHODS:
+                # Read and checked here, once, for every route (vLLM's too), so no
+                # parser behind sees a body over the limits.
+                try:
+                    body = await check_body(scope, receive_and_watch, state.settings)
+                except LaminaError as e:
+                    await self._reject(send_and_record, e)
+                    return
+                if body is None:
+                    return
+                app_receive = replay_body(body, receive_and_watch)
             if path.startswith("/v1/") and path != "/v1/models":
                 try:
                     state.admission.admit()
@@ -275,12 +386,19 @@ class LaminaMiddleware:
                     return
                 admitted = True
                 state.metrics.in_flight.inc()
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, app_receive, send_and_record)
+        except Exception:
+            if not disconnected:
+                raise
+            # Whatever failed, failed for a client that is gone: counted and logged below.
         finally:
             if admitted:
                 state.admission.release()
                 state.metrics.in_flight.dec()
-            state.metrics.requests.labels(route, str(status)).inc()
+            code = str(CLIENT_GONE) if disconnected else str(status)
+            if disconnected:
+                log.info("client disconnected: %s %s (counted as %s)", scope["method"], path, code)
+            state.metrics.requests.labels(route, code).inc()
             state.metrics.duration.labels(route).observe(time.perf_counter() - started)
 
 

@@ -25,10 +25,11 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .app import ServerState, error_response, validation_message
+from .app import ServerState, error_response, replay_body, validation_message
 from .errors import ErrorType, LaminaError, invalid
 from .protocol import HiddenStatesRequest
 from .service import dumps_json
@@ -108,17 +109,21 @@ class CompletionsHiddenStates:
         raw = b"".join(chunks)
         body: Any = None
         if FIELD.encode() in raw or LEGACY_LAYER.encode() in raw:
+            # orjson, not json: it refuses lone surrogates (text no tokenizer takes)
+            # and deep nesting with a ValueError instead of a RecursionError.
             try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                # vLLM must not get the request with our field left in it.
+                await error_response(invalid(f"invalid JSON: {e}"))(scope, receive, send)
+                return
         if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
-            await self.app(scope, _replay(raw, receive), send)
+            await self.app(scope, replay_body(raw, receive), send)
             return
         option = body.pop(FIELD, None)
         legacy_layer = body.pop(LEGACY_LAYER, None)
         if option is False or option is None:
-            await self.app(scope, _replay(json.dumps(body).encode(), receive), send)
+            await self.app(scope, replay_body(json.dumps(body).encode(), receive), send)
             return
         try:
             if legacy_layer is not None:
@@ -146,7 +151,7 @@ class CompletionsHiddenStates:
             elif message["type"] == "http.response.body":
                 captured["body"].append(message.get("body", b""))
 
-        completion = self.app(scope, _replay(json.dumps(body).encode(), receive), capture)
+        completion = self.app(scope, replay_body(json.dumps(body).encode(), receive), capture)
         try:
             _, results = await asyncio.gather(completion, service.run(plan))
         except LaminaError as e:
@@ -174,16 +179,3 @@ class CompletionsHiddenStates:
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

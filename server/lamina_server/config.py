@@ -47,6 +47,11 @@ LAMINA_FLAGS = (
     "max-response-bytes",
     "max-queue-length",
     "drain-timeout-seconds",
+    "max-body-bytes",
+    "max-json-depth",
+    "max-json-array-items",
+    "max-prompt-chars",
+    "max-header-bytes",
 )
 
 DEFAULT_PORT = 8000
@@ -66,6 +71,13 @@ class LaminaSettings:
     max_response_bytes: int = 256 * 1024 * 1024
     max_queue_length: int = 256
     drain_timeout_seconds: float = 30.0
+    # Checked before any parsing, on every route (vLLM's too): see limits.json_problem.
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    max_json_array_items: int = 131072  # numbers in one array (token ids)
+    # Text characters per request on the hidden-state routes, checked before tokenizing.
+    max_prompt_chars: int = 1_000_000
+    max_header_bytes: int = 64 * 1024  # request line + headers (uvicorn/h11)
     api_key: str | None = None
 
 
@@ -125,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-response-bytes", type=parse_size, default=d.max_response_bytes)
     p.add_argument("--max-queue-length", type=_positive_int, default=d.max_queue_length)
     p.add_argument("--drain-timeout-seconds", type=float, default=d.drain_timeout_seconds)
+    p.add_argument("--max-body-bytes", type=parse_size, default=d.max_body_bytes)
+    p.add_argument("--max-json-depth", type=_positive_int, default=d.max_json_depth)
+    p.add_argument("--max-json-array-items", type=_positive_int, default=d.max_json_array_items)
+    p.add_argument("--max-prompt-chars", type=_positive_int, default=d.max_prompt_chars)
+    p.add_argument("--max-header-bytes", type=parse_size, default=d.max_header_bytes)
     return p
 
 
@@ -198,6 +215,11 @@ def parse_command_line(
         max_response_bytes=ns.max_response_bytes,
         max_queue_length=ns.max_queue_length,
         drain_timeout_seconds=ns.drain_timeout_seconds,
+        max_body_bytes=ns.max_body_bytes,
+        max_json_depth=ns.max_json_depth,
+        max_json_array_items=ns.max_json_array_items,
+        max_prompt_chars=ns.max_prompt_chars,
+        max_header_bytes=ns.max_header_bytes,
         api_key=env.get("LAMINA_API_KEY") or None,
     )
     return settings, rest + passthrough

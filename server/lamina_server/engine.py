@@ -316,6 +316,9 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
             access_log=not args.disable_uvicorn_access_log,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
+            # h11, not httptools: only h11 bounds the request line and headers.
+            http="h11",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
         )
         server = NoSignalServer(config)
         app.state.server = server

@@ -3,12 +3,16 @@
 Every error the server returns looks like
 ``{"error": {"message": str, "type": str, "code": int}}`` (vLLM's and OpenAI's shape);
 ``type`` is one of :class:`ErrorType` and decides the status through
-:data:`STATUS_BY_TYPE`, the only place statuses are chosen.
+:data:`STATUS_BY_TYPE`, the only place statuses are chosen. Error answers made by
+other layers (Starlette's 405, FastAPI's body-parse 400, vLLM's own 400s) keep their
+status and are rewritten into the envelope by :func:`normalized_error`.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+from http import HTTPStatus
 from typing import Any
 
 
@@ -74,3 +78,51 @@ def invalid(message: str) -> LaminaError:
 
 def too_large(message: str) -> LaminaError:
     return LaminaError(ErrorType.TOO_LARGE, message)
+
+
+# Statuses chosen by others (Starlette, FastAPI, vLLM) map back to a type when one
+# has that status; any other 4xx is a client error, any 5xx the engine's.
+_TYPE_BY_STATUS = {status: t for t, status in STATUS_BY_TYPE.items()}
+
+
+def envelope(status: int, message: str) -> dict[str, Any]:
+    """The envelope of an answer whose status another layer chose (``code`` is that
+    status, e.g. 400 or 405)."""
+    default = ErrorType.INVALID_REQUEST if status < 500 else ErrorType.ENGINE
+    error_type = _TYPE_BY_STATUS.get(status, default)
+    return {"error": {"message": message, "type": error_type.value, "code": status}}
+
+
+def _message_of(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    error, detail = body.get("error"), body.get("detail")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's validation errors
+        parts = [
+            f"{'.'.join(str(x) for x in d.get('loc', ())) or 'body'}: {d.get('msg')}"
+            for d in detail[:5]
+            if isinstance(d, dict)
+        ]
+        return "invalid request: " + "; ".join(parts)
+    return None
+
+
+def normalized_error(status: int, payload: bytes) -> bytes:
+    """An error answer's body in the one envelope, keeping its message (Starlette's
+    ``{"detail": ...}``, vLLM's envelope with ``param``, plain text)."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        body = None
+    if isinstance(body, dict) and set(body) == {"error"}:
+        error = body["error"]
+        if isinstance(error, dict) and set(error) == {"message", "type", "code"}:
+            return payload  # ours already
+    text = payload.decode("utf-8", "replace").strip()[:1000]
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    message = _message_of(body) or text or phrase or f"HTTP {status}"
+    return json.dumps(envelope(status, message)).encode()

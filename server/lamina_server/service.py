@@ -17,7 +17,7 @@ import orjson
 
 from .config import LaminaSettings, Pooling
 from .encoding import BYTES_PER_VALUE, DType, EncodingFormat, encode_array, safetensors_bytes
-from .errors import invalid, too_large
+from .errors import LaminaError, invalid, too_large
 from .layers import resolve_layers
 from .limits import response_bytes
 from .metrics import Metrics
@@ -83,6 +83,15 @@ class HiddenStateEngine(Protocol):
         ...
 
 
+def check_text(text: str, where: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate from a JSON ``\\ud800``
+    escape): tokenizers fail on it with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise invalid(f"{where} is not valid Unicode text: {e.reason} at {e.start}") from None
+
+
 @dataclass(frozen=True)
 class Plan:
     """A validated request: everything needed to run and render it."""
@@ -119,14 +128,20 @@ class HiddenStateService:
             raise too_large(
                 f"too many prompts: {len(prompts)} > {s.max_prompts_per_request} per request"
             )
+        chars = sum(len(p) for p in prompts if isinstance(p, str))
+        if chars > s.max_prompt_chars:
+            raise too_large(f"too much text: {chars} characters > {s.max_prompt_chars} per request")
         out: list[list[int]] = []
         total = 0
         # The engine needs room for the one token it samples after the prompt.
         limit = facts.max_model_len - 1
         for i, p in enumerate(prompts):
             if isinstance(p, str):
+                check_text(p, f"prompts[{i}]")
                 ids = self.engine.tokenize(p)
             else:
+                if len(p) > limit:  # before looking at each id
+                    raise self._too_long(i, len(p))
                 bad = [t for t in p if not 0 <= t < facts.vocab_size]
                 if bad:
                     raise invalid(
@@ -137,10 +152,7 @@ class HiddenStateService:
             if not ids:
                 raise invalid(f"prompts[{i}] has no tokens")
             if len(ids) > limit:
-                raise invalid(
-                    f"prompts[{i}] has {len(ids)} tokens, longer than the model's context "
-                    f"({limit} prompt tokens at most, max_model_len={facts.max_model_len})"
-                )
+                raise self._too_long(i, len(ids))
             total += len(ids)
             if total > s.max_tokens_per_request:
                 raise too_large(
@@ -149,6 +161,13 @@ class HiddenStateService:
                 )
             out.append(ids)
         return out
+
+    def _too_long(self, i: int, tokens: int) -> LaminaError:
+        max_len = self.facts.max_model_len
+        return invalid(
+            f"prompts[{i}] has {tokens} tokens, longer than the model's context "
+            f"({max_len - 1} prompt tokens at most, max_model_len={max_len})"
+        )
 
     def _check_bytes(self, plan: Plan) -> None:
         size = response_bytes(

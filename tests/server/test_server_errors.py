@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -121,3 +122,93 @@ def test_embeddings_errors(llama_server: Server) -> None:
     assert "-4..3" in error_of(r, 422)["message"]
     r = httpx.post(url, json={"input": "hi", "colour": "red"}, timeout=60)
     assert "colour" in error_of(r, 422)["message"]
+
+
+# -- issue 15: what used to be a 500 is a 4xx, and changes nothing for others ----------
+
+
+def canary(server: Server) -> Any:
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        json={"prompt": "hello", "max_tokens": 3, "temperature": 0, "output_hidden_states": True},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return body["choices"][0]["text"], body["hidden_states"]["hidden_states"]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "needle"),
+    [
+        # (a) deep JSON with the field: a RecursionError in the completions wrapper
+        (
+            b'{"prompt": "hi", "output_hidden_states": true, "x": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b"}",
+            413,
+            "nested deeper than 64",
+        ),
+        # (b) a lone surrogate with the field: the tokenizer's TypeError
+        (b'{"prompt": "a\\ud800b", "max_tokens": 1, "output_hidden_states": true}', 422, "JSON"),
+        # (c) top_k beyond 64 bits: failed inside vLLM when handed to the engine
+        (b'{"prompt": "hi", "max_tokens": 1, "top_k": 99999999999999999999}', 422, "64-bit"),
+    ],
+)
+def test_former_500s_are_4xx_and_leave_the_server_unchanged(
+    llama_server: Server, content: bytes, status: int, needle: str
+) -> None:
+    before = canary(llama_server)
+    r = httpx.post(
+        f"{llama_server.url}/v1/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert needle in error_of(r, status)["message"]
+    assert canary(llama_server) == before
+
+
+def test_405_and_vllm_400_come_in_the_envelope(llama_server: Server) -> None:
+    r = httpx.get(f"{llama_server.url}/v1/completions", timeout=60)
+    assert error_of(r, 405)["message"] == "Method Not Allowed"
+    r = httpx.post(
+        f"{llama_server.url}/v1/completions",
+        content=b'{"prompt":',
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code in (400, 422)
+    error_of(r, r.status_code)
+
+
+def requests_total(server: Server, code: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=60, follow_redirects=True).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "lamina_requests_total" and s.labels.get("code") == code
+    )
+
+
+def test_client_disconnect_counted_as_499_not_500(llama_server: Server) -> None:
+    import socket
+
+    before_500 = requests_total(llama_server, "500")
+    before_499 = requests_total(llama_server, "499")
+    # Headers promise a body that never comes; the client then hangs up.
+    with socket.create_connection(("127.0.0.1", llama_server.port)) as s:
+        s.sendall(
+            b"POST /v1/hidden_states HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+    deadline = time.monotonic() + 30
+    while requests_total(llama_server, "499") == before_499:
+        assert time.monotonic() < deadline, llama_server.log_tail()
+    assert requests_total(llama_server, "499") == before_499 + 1
+    assert requests_total(llama_server, "500") == before_500
+    assert "Traceback" not in llama_server.log_tail(20)

@@ -523,3 +523,219 @@ def test_tests_run_this_trees_code() -> None:
 
     tree = Path(__file__).resolve().parents[2] / "server"
     assert Path(lamina_server.__file__).resolve().is_relative_to(tree)
+
+
+# -- hostile input: limits, envelope, disconnects (issue 15) ---------------------------
+
+
+def wrapped_completions(
+    **settings: Any,
+) -> tuple[httpx.AsyncClient, ServerState, list[bytes]]:
+    """The server's ASGI stack over a stand-in for vLLM's completions route (records
+    the bodies it gets)."""
+    from lamina_server.app import LaminaMiddleware
+    from lamina_server.completions import CompletionsHiddenStates
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    seen: list[bytes] = []
+
+    async def completions(request: Request) -> JSONResponse:
+        seen.append(await request.body())
+        return JSONResponse({"choices": [{"text": "ok"}]})
+
+    inner = Starlette()
+    inner.add_route("/v1/completions", completions, methods=["POST"])
+    _, state, _ = make_client(**settings)
+    app = LaminaMiddleware(CompletionsHiddenStates(inner, state), state)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return client, state, seen
+
+
+def envelope_of(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"}
+    assert err["code"] == status
+    return str(err["message"])
+
+
+def requests_by_code(state: ServerState) -> dict[str, float]:
+    """lamina_requests_total summed over routes."""
+    out: dict[str, float] = {}
+    for s in state.metrics.requests.collect()[0].samples:
+        if s.name == "lamina_requests_total":
+            out[s.labels["code"]] = out.get(s.labels["code"], 0) + s.value
+    return out
+
+
+def test_json_problem_finds_depth_long_arrays_and_big_integers() -> None:
+    import json
+
+    from lamina_server.limits import json_problem
+
+    def problem(body: bytes) -> str | None:
+        err = json_problem(body, 8, 100)
+        return None if err is None else f"{err.status} {err.message}"
+
+    # Brackets, digits and quotes inside strings do not count; fractions are not integers.
+    fine = {"p": 'a[[[[[[[[[[b 99999999999999999999 \\"[', "f": 1.123456789012345678901}
+    assert problem(json.dumps(fine).encode()) is None
+    assert problem(b'{"e": 1e-12345678901234567890, "x": [[[[[[[1]]]]]]]}') is None
+    assert problem(b"[" * 9 + b"]" * 9) == "413 JSON nested deeper than 8 levels"
+    assert problem(json.dumps({"m": list(range(101))}).encode()) == (
+        "413 an array holds more than 100 numbers"
+    )
+    assert problem(json.dumps({"m": list(range(100))}).encode()) is None
+    assert problem(b'{"top_k": 9223372036854775807, "b": -9223372036854775808}') is None
+    big = problem(b'{"top_k": 9223372036854775808}')
+    assert big is not None
+    assert big.startswith("422 integer 9223372036854775808")
+    assert problem(b'{"seed": -9223372036854775809}') is not None
+
+
+def test_other_layers_errors_come_in_the_envelope() -> None:
+    import json
+
+    from lamina_server.errors import normalized_error
+
+    async def run() -> None:
+        client, _, _ = make_client()
+        r = await client.get("/v1/hidden_states")
+        assert envelope_of(r, 405) == "Method Not Allowed"
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        r = await client.put("/health")
+        assert envelope_of(r, 405) == "Method Not Allowed"
+
+    asyncio.run(run())
+    # FastAPI's body-parse 400, its validation list, vLLM's envelope with "param", text.
+    cases = [
+        (400, b'{"detail":"There was an error parsing the body"}', "There was an error"),
+        (422, b'{"detail":[{"loc":["body","n"],"msg":"bad"}]}', "body.n: bad"),
+        (400, b'{"error":{"message":"m","type":"BadRequestError","param":null,"code":400}}', "m"),
+        (413, b"too big", "too big"),
+        (404, b"", "Not Found"),
+    ]
+    for status, payload, message in cases:
+        body = json.loads(normalized_error(status, payload))
+        assert set(body["error"]) == {"message", "type", "code"}
+        assert body["error"]["code"] == status
+        assert message in body["error"]["message"]
+    ours = error_body(ErrorType.TOO_LARGE, "x")
+    assert json.loads(normalized_error(413, json.dumps(ours).encode()))
+
+
+def test_body_limits_before_any_parser() -> None:
+    async def run() -> None:
+        client, state, seen = wrapped_completions(
+            max_body_bytes=1000, max_json_depth=16, max_json_array_items=50
+        )
+        ok = {"prompt": "ab", "max_tokens": 1}
+        assert (await client.post("/v1/completions", json=ok)).status_code == 200
+        assert len(seen) == 1
+        r = await client.post("/v1/completions", json={**ok, "p": "x" * 1000})
+        assert "1000-byte limit" in envelope_of(r, 413)
+
+        async def chunks() -> Any:  # no content-length: counted as it arrives
+            for _ in range(20):
+                yield b" " * 100
+
+        r = await client.post("/v1/completions", content=chunks())
+        assert "1000-byte limit" in envelope_of(r, 413)
+        deep = b'{"prompt": "ab", "output_hidden_states": true, "x": ' + b"[" * 17 + b"]" * 17
+        r = await client.post("/v1/completions", content=deep + b"}")
+        assert "nested deeper than 16" in envelope_of(r, 413)
+        r = await client.post("/v1/completions", json={**ok, "prompt": list(range(51))})
+        assert "more than 50 numbers" in envelope_of(r, 413)
+        # Cause (c) of issue 15: vLLM fails with a 500 on integers it cannot serialise.
+        r = await client.post("/v1/completions", json={**ok, "top_k": 2**64})
+        assert "outside the 64-bit range" in envelope_of(r, 422)
+        r = await client.post("/v1/hidden_states", content=b'{"prompts": ["a"], "x":' + b"[" * 17)
+        assert "nested deeper" in envelope_of(r, 413)
+        assert len(seen) == 1  # none of them reached vLLM
+        assert requests_by_code(state) == {"200": 1, "413": 5, "422": 1}
+
+    asyncio.run(run())
+
+
+def test_hidden_state_field_with_hostile_json_is_a_4xx() -> None:
+    """Causes (a) and (b) of issue 15, in the completions wrapper itself: deep JSON gave
+    a RecursionError, a lone surrogate the tokenizer's TypeError (both 500s)."""
+    import json
+
+    from lamina_server.service import check_text
+
+    async def run() -> None:
+        # the middleware's depth limit off, to reach the wrapper's own parser
+        client, _, seen = wrapped_completions(max_json_depth=100_000)
+        deep = b"[" * 5000 + b"]" * 5000
+        body = b'{"prompt": "ab", "output_hidden_states": true, "x": ' + deep + b"}"
+        r = await client.post("/v1/completions", content=body)
+        assert "invalid JSON" in envelope_of(r, 422)
+        lone = b'{"prompt": "a\\ud800b", "output_hidden_states": true, "max_tokens": 1}'
+        r = await client.post("/v1/completions", content=lone)
+        assert "invalid JSON" in envelope_of(r, 422)
+        assert seen == []  # vLLM never got the request with our field in it
+        # the same text as a /v1/hidden_states prompt, past the JSON parser
+        with pytest.raises(LaminaError, match=r"prompts\[0\] is not valid Unicode") as e:
+            check_text("a\ud800b", "prompts[0]")
+        assert e.value.status == 422
+        r = await client.post(
+            "/v1/completions", json={"prompt": "ab", "output_hidden_states": True}
+        )
+        assert r.status_code == 200, r.text
+        assert json.loads(r.text)["hidden_states"]["prompt_tokens"] == [2]
+
+    asyncio.run(run())
+
+
+def test_prompt_characters_and_token_ids_checked_before_work() -> None:
+    async def run() -> None:
+        client, _, engine = make_client(max_prompt_chars=10)
+        calls: list[str] = []
+        tokenize = engine.tokenize
+        engine.tokenize = lambda text: calls.append(text) or tokenize(text)  # type: ignore[method-assign]
+        r = await client.post("/v1/hidden_states", json={"prompts": ["abcdef", "ghijk"]})
+        assert "11 characters > 10" in envelope_of(r, 413)
+        assert calls == []  # refused before tokenizing
+        r = await client.post("/v1/hidden_states", json={"prompts": [[1000] * 70]})
+        assert "70 tokens" in envelope_of(r, 422)  # the count, before each id's range
+        r = await client.post("/v1/embeddings", json={"input": "abcdefghijk"})
+        assert "characters" in envelope_of(r, 413)
+
+    asyncio.run(run())
+
+
+def test_client_disconnect_is_499_logged_once_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from lamina_server.app import LaminaMiddleware
+
+    _, state, _ = make_client()
+    app = create_app(state)  # routes without the middleware: wrapped below
+    asgi = LaminaMiddleware(app, state)
+    sent: list[Any] = []
+
+    async def gone() -> Any:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/hidden_states",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+    }
+    with caplog.at_level(logging.INFO, logger="lamina_server"):
+        asyncio.run(asgi(scope, gone, send))
+    assert requests_by_code(state) == {"499": 1}
+    lines = [r for r in caplog.records if r.name == "lamina_server"]
+    assert [r.levelname for r in lines] == ["INFO"]
+    assert "client disconnected" in lines[0].getMessage()
+    assert lines[0].exc_info is None
