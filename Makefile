@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export VLLM_TARGET_DEVICE := cpu
 # This tree's packages win over whatever clone the shared venv's editable install
 # points at (several clones, e.g. CI's, share one environment).
-export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/server
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/server:$(CURDIR)/client
 
 .PHONY: help
 help: ## list targets

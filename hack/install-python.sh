@@ -75,18 +75,20 @@ lamina)
   "$pip" install -q -c "$venv/constraints.txt" -r "$venv/lamina-requirements.txt"
   ;;
 dev)
-  key=$(cat "$here/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+  key=$(cat "$here/pyproject.toml" "$here/client/pyproject.toml" "$0" | sha256sum | cut -c1-16)
   stamp="$venv/.lamina-deps"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
     install_engine
     echo ">> lamina's own dependencies (operator, server, dev extras)"
     "$pip" install -q -c "$venv/constraints.txt" -e "$here[operator,server,dev]"
+    echo ">> the client's dependencies (client/, the lamina command)"
+    "$pip" install -q -c "$venv/constraints.txt" -e "$here/client"
     echo "$key" >"$stamp"
   fi
   # Point the (possibly shared) environment at this clone. setuptools' editable build
   # is chatty on stderr; show its log only when it fails.
   log=$(mktemp)
-  if ! "$pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here" >"$log" 2>&1; then
+  if ! "$pip" install -q --no-deps -c "$venv/constraints.txt" -e "$here" -e "$here/client" >"$log" 2>&1; then
     cat "$log" >&2
     exit 1
   fi

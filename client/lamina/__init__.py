@@ -1,0 +1,46 @@
+"""Client of Lamina's hidden-state servers, and the ``lamina`` command.
+
+>>> import lamina
+>>> with lamina.Client("http://localhost:8000") as client:
+...     states = client.hidden_states(["Hello", "World"], layers=[-2, -4])
+>>> states.shape  # [prompts, layers, hidden]
+
+``lamina.for_deployment("my-llm", "team-ns")`` reaches an LLMDeployment by name
+(through ``kubectl port-forward`` from outside the cluster).
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .batching import ServerInfo
+from .client import AsyncClient, Client
+from .deployment import async_for_deployment, for_deployment
+from .errors import (
+    BadRequest,
+    ConnectionFailed,
+    LaminaError,
+    NotFound,
+    Overloaded,
+    ServerError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "ConnectionFailed",
+    "LaminaError",
+    "NotFound",
+    "Overloaded",
+    "ServerError",
+    "ServerInfo",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "__version__",
+    "async_for_deployment",
+    "for_deployment",
+]

@@ -1,0 +1,202 @@
+"""The ``lamina`` command.
+
+A subcommand is one ``add_<name>`` function that registers its options and the
+function running it (see :data:`SUBCOMMANDS`). Exit codes: 0 done, 2 the command
+line or an input file needs fixing, 1 the server or the network failed (its message
+printed, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from . import files
+from ._version import __version__
+from .client import Client
+from .deployment import for_deployment
+from .errors import LaminaError
+from .wire import DTYPES, POOLINGS
+
+URL_ENV = "LAMINA_URL"
+API_KEY_ENV = "LAMINA_API_KEY"
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (exit code 2)."""
+
+
+# What a subcommand's run function gets besides its arguments (tests pass a transport).
+Run = Callable[[argparse.Namespace, httpx.BaseTransport | None], int]
+
+
+def parse_layers(text: str) -> int | list[int]:
+    """``-2`` is one layer (arrays without a layers axis), ``-2,-4`` several."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layers takes integers separated by commas, e.g. -2,-4, not {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("--layers needs at least one layer")
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    # argparse (before 3.13) takes "-2,-4" for an option name; "--layers=-2,-4" is
+    # unambiguous.
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--layers" and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"--layers={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _client(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> Client:
+    api_key = os.environ.get(API_KEY_ENV) or None
+    if args.deployment:
+        return for_deployment(
+            args.deployment,
+            args.namespace,
+            context=args.context,
+            api_key=api_key,
+            timeout=args.timeout,
+            transport=transport,
+        )
+    url = args.url or os.environ.get(URL_ENV)
+    if not url:
+        raise UsageError(f"say which server: --url URL (or {URL_ENV}) or --deployment NAME")
+    return Client(url, api_key=api_key, timeout=args.timeout, transport=transport)
+
+
+# -- hidden-states -----------------------------------------------------------------
+
+
+def add_hidden_states(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "hidden-states",
+        help="hidden states of prompts, saved to .npy or .safetensors",
+        description="Ask a Lamina server for the hidden states of prompts and save them. "
+        ".npy holds [prompts, hidden] for one layer or [prompts, layers, hidden] for "
+        "several; .safetensors holds layer.<L> = [prompts, hidden], or with --pooling all "
+        "prompt.<i>.layer.<L> = [tokens, hidden].",
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--url", help=f"server base URL (default: ${URL_ENV})")
+    target.add_argument("--deployment", "-d", metavar="NAME", help="an LLMDeployment's name")
+    p.add_argument("--namespace", "-n", default="default", help="the LLMDeployment's namespace")
+    p.add_argument("--context", help="kubectl context (with --deployment)")
+    p.add_argument("prompts", nargs="*", help="prompts (or use --file)")
+    p.add_argument(
+        "--file",
+        "-f",
+        help='prompts file: .txt one per line, .jsonl strings or {"prompt": ...}; - = stdin',
+    )
+    p.add_argument(
+        "--layers",
+        type=parse_layers,
+        default=-2,
+        help="layer or comma list, e.g. -2,-4 (default -2)",
+    )
+    p.add_argument("--pooling", choices=POOLINGS, default="last", help="(default last)")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="bfloat16 is saved as float32"
+    )
+    p.add_argument("--output", "-o", required=True, help="out.npy or out.safetensors")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when not a TTY"
+    )
+    p.set_defaults(run=run_hidden_states)
+
+
+def run_hidden_states(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    if args.file and args.prompts:
+        raise UsageError("give prompts as arguments or with --file, not both")
+    if args.file:
+        stdin = sys.stdin.read() if args.file == "-" else None
+        prompts = files.read_prompts(args.file, stdin)
+    else:
+        prompts = list(args.prompts)
+    if not prompts:
+        raise UsageError("no prompts: give them as arguments or with --file")
+    files.check_output(args.output, args.pooling)
+
+    show = args.progress or sys.stderr.isatty()
+    with (
+        _client(args, transport) as client,
+        tqdm(total=len(prompts), unit="prompt", file=sys.stderr, disable=not show) as bar,
+    ):
+        result = client.hidden_states(
+            prompts, args.layers, args.pooling, dtype=args.dtype, progress=bar.update
+        )
+        info = client.info()
+    layers = [args.layers] if isinstance(args.layers, int) else args.layers
+    metadata = {
+        "model": info.model,
+        "layers": json.dumps(layers),
+        "pooling": args.pooling,
+        "dtype": args.dtype,
+        "engine_dtype": info.engine_dtype or "",
+        "num_prompts": str(len(prompts)),
+    }
+    files.write(args.output, result, args.layers, args.pooling, metadata)
+    print(f"{len(prompts)} prompts, {_shape(result)} -> {args.output}")
+    return 0
+
+
+def _shape(result: Any) -> str:
+    if isinstance(result, list):
+        hidden = result[0].shape[-1]
+        lead = "" if result[0].ndim == 2 else f"{result[0].shape[0]}, "
+        return f"{len(result)} arrays of [{lead}tokens, {hidden}] {result[0].dtype}"
+    return f"[{', '.join(map(str, result.shape))}] {result.dtype}"
+
+
+# -- the command -------------------------------------------------------------------
+
+SUBCOMMANDS = [add_hidden_states]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamina", description="Work with Lamina hidden-state servers."
+    )
+    parser.add_argument("--version", action="version", version=f"lamina {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run ``lamina`` with ``argv`` (default: the process's); ``transport`` replaces the
+    network (tests). Returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+        run: Run = args.run
+        return run(args, transport)
+    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
+    except (UsageError, files.InputError) as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 2
+    except LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing the output
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
