@@ -14,6 +14,7 @@ The weights reach the pods on a local PersistentVolume of the node, at
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -238,6 +239,29 @@ def test_completions_and_the_openai_client_work_through_the_service(served: Serv
     assert done.choices[0].text
     emb = client.embeddings.create(model=SERVED, input=["What is AI?", "Hi"])
     assert [len(e.embedding) for e in emb.data] == [256, 256]
+
+
+def test_the_python_client_and_cli_find_the_deployment_and_port_forward(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lamina
+    from lamina import cli
+
+    # From this host (outside the cluster): kubectl finds the Service and port-forwards.
+    monkeypatch.setenv("KUBECONFIG", str(served.cluster.kubeconfig))
+    monkeypatch.setenv("PATH", f"{served.cluster.bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    direct = _post(f"{served.url}/v1/hidden_states", {"prompts": PROMPTS, "layers": [-2]})
+    want = np.asarray([d["layers"][0]["hidden_state"] for d in direct.json()["data"]])
+    with lamina.for_deployment(NAME, served.namespace, api_key=KEY) as client:
+        assert client.base_url.startswith("http://127.0.0.1:")  # the port-forward
+        got = client.hidden_states(PROMPTS, layers=-2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    out = tmp_path / "states.npy"
+    monkeypatch.setenv("LAMINA_API_KEY", KEY)
+    argv = ["hidden-states", "--deployment", NAME, "-n", served.namespace, "-o", str(out)]
+    assert cli.main([*argv, *PROMPTS]) == 0
+    np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-6)
 
 
 def _load(served: Served) -> Load:
