@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ARCHS = ("llama", "gpt2", "qwen2")
 
@@ -127,42 +128,29 @@ def _build_model(spec: TinyModelSpec, out: Path) -> None:
 
     torch.manual_seed(spec.seed)
     model: torch.nn.Module
+    # Llama and Qwen2 share the decoder's shape; Qwen2 adds q/k/v biases.
+    decoder: dict[str, Any] = dict(
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
     if spec.arch == "qwen2":
-        qcfg = Qwen2Config(
-            vocab_size=spec.vocab,
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=spec.max_positions,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            tie_word_embeddings=False,
-            dtype="float32",
-        )
-        model = Qwen2ForCausalLM(qcfg)  # type: ignore[no-untyped-call]
+        model = Qwen2ForCausalLM(Qwen2Config(**decoder))  # type: ignore[no-untyped-call]
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
                     param.normal_(std=0.5)
     elif spec.arch == "llama":
-        config = LlamaConfig(
-            vocab_size=spec.vocab,
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            head_dim=spec.hidden // spec.heads,
-            max_position_embeddings=spec.max_positions,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            tie_word_embeddings=False,
-            dtype="float32",
-        )
+        config = LlamaConfig(**decoder, head_dim=spec.hidden // spec.heads)
         model = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
     else:
         gcfg = GPT2Config(
