@@ -242,6 +242,7 @@ class FakeEngine:
             hidden_size=8,
             max_model_len=64,
             vocab_size=100,
+            max_chars_per_token=1,
             dtype="float32",
             device="cpu",
             accelerator=None,
@@ -250,11 +251,11 @@ class FakeEngine:
         self.delay = delay
         self.cancelled = 0
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 100 for c in text]
 
-    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
-        return self.tokenize("".join(m["content"] for m in messages))
+    def chat_text(self, messages: Any) -> str:
+        return "".join(m["content"] for m in messages)
 
     def rows(self, ids: Sequence[int], layer: int) -> F32:
         t = np.asarray(ids, np.float32)[:, None]
@@ -570,29 +571,46 @@ def requests_by_code(state: ServerState) -> dict[str, float]:
     return out
 
 
-def test_json_problem_finds_depth_long_arrays_and_big_integers() -> None:
+def test_json_problem_finds_values_depth_long_arrays_and_big_integers() -> None:
     import json
 
     from lamina_server.limits import json_problem
 
-    def problem(body: bytes) -> str | None:
-        err = json_problem(body, 8, 100)
+    def problem(body: bytes, max_values: int = 1000) -> str | None:
+        err = json_problem(body, 8, 100, max_values)
         return None if err is None else f"{err.status} {err.message}"
 
-    # Brackets, digits and quotes inside strings do not count; fractions are not integers.
-    fine = {"p": 'a[[[[[[[[[[b 99999999999999999999 \\"[', "f": 1.123456789012345678901}
+    # Brackets, separators, digits and quotes inside strings do not count; fractions
+    # are not integers.
+    fine = {"p": 'a[[[[[[[[[[b, 99999999999999999999: \\"[' * 300, "f": 1.123456789012345678901}
     assert problem(json.dumps(fine).encode()) is None
     assert problem(b'{"e": 1e-12345678901234567890, "x": [[[[[[[1]]]]]]]}') is None
     assert problem(b"[" * 9 + b"]" * 9) == "413 JSON nested deeper than 8 levels"
-    assert problem(json.dumps({"m": list(range(101))}).encode()) == (
-        "413 an array holds more than 100 numbers"
+    assert problem(b'{"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}') == (
+        "413 JSON nested deeper than 8 levels"
     )
-    assert problem(json.dumps({"m": list(range(100))}).encode()) is None
+    # any kind of item counts, one array at a time
+    for item in (7, "s", [], {}, None):
+        long = json.dumps({"m": [item] * 101, "n": [item] * 100}).encode()
+        assert problem(long) == "413 a JSON array holds more than 100 items"
+        assert problem(json.dumps({"m": [item] * 100, "n": [item] * 100}).encode()) is None
+    # values: every one counts (keys and containers too), whatever the shape
+    assert problem(json.dumps([[1] * 50] * 9).encode(), max_values=460) is None
+    assert problem(json.dumps([[1] * 50] * 10).encode(), max_values=460) == (
+        "413 the body holds more than 460 JSON values"
+    )
+    assert problem(json.dumps({str(i): i for i in range(100)}).encode(), max_values=200) == (
+        "413 the body holds more than 200 JSON values"
+    )
+    assert problem(b'["a" "b" "c"]', max_values=2) == "413 the body holds more than 2 JSON values"
     assert problem(b'{"top_k": 9223372036854775807, "b": -9223372036854775808}') is None
     big = problem(b'{"top_k": 9223372036854775808}')
     assert big is not None
     assert big.startswith("422 integer 9223372036854775808")
     assert problem(b'{"seed": -9223372036854775809}') is not None
+    # malformed JSON is the parser's to refuse: no crash, no false alarm
+    for broken in (b'{"a": "unterminated', b"]]]}}", b'"\\', b""):
+        assert problem(broken) is None
 
 
 def test_other_layers_errors_come_in_the_envelope() -> None:
@@ -603,10 +621,15 @@ def test_other_layers_errors_come_in_the_envelope() -> None:
     async def run() -> None:
         client, _, _ = make_client()
         r = await client.get("/v1/hidden_states")
-        assert envelope_of(r, 405) == "Method Not Allowed"
-        assert r.json()["error"]["type"] == "invalid_request_error"
-        r = await client.put("/health")
-        assert envelope_of(r, 405) == "Method Not Allowed"
+        assert envelope_of(r, 405) == "/v1/hidden_states takes POST, not GET"
+        assert r.json()["error"]["type"] == "method_not_allowed"
+        assert r.headers["allow"] == "OPTIONS, POST"
+        r = await client.put("/health", content=b"[" * 100_000)
+        assert envelope_of(r, 405) == "/health takes GET, not PUT"
+        # vLLM's other routes are not served; nothing is read of an unknown route's body
+        for path in ("/tokenize", "/v1/responses", "/nope", "/v1/hidden_states/"):
+            r = await client.post(path, content=b"[" * 100_000)
+            assert envelope_of(r, 404) == f"no route {path}"
 
     asyncio.run(run())
     # FastAPI's body-parse 400, its validation list, vLLM's envelope with "param", text.
@@ -647,7 +670,7 @@ def test_body_limits_before_any_parser() -> None:
         r = await client.post("/v1/completions", content=deep + b"}")
         assert "nested deeper than 16" in envelope_of(r, 413)
         r = await client.post("/v1/completions", json={**ok, "prompt": list(range(51))})
-        assert "more than 50 numbers" in envelope_of(r, 413)
+        assert "more than 50 items" in envelope_of(r, 413)
         # Cause (c) of issue 15: vLLM fails with a 500 on integers it cannot serialise.
         r = await client.post("/v1/completions", json={**ok, "top_k": 2**64})
         assert "outside the 64-bit range" in envelope_of(r, 422)
