@@ -69,6 +69,16 @@ def test_every_typed_field_is_in_the_crd() -> None:
         ("x" * 53, {"model": {"name": "m"}}, "at most 52 characters"),
         ("x", {"model": {"name": "m"}, "replicas": -1}, "spec.replicas"),
         ("x", {"model": {"name": "m"}, "surprise": 1}, "spec.surprise: Extra inputs"),
+        (
+            "x",
+            {"model": {"name": "m"}, "hiddenStates": {"limits": {"maxJsonDepth": 1000}}},
+            "spec.hiddenStates.limits.maxJsonDepth: Input should be less than or equal to 256",
+        ),
+        (
+            "x",
+            {"model": {"name": "m"}, "hiddenStates": {"limits": {"maxHeaderBytes": 100}}},
+            "spec.hiddenStates.limits.maxHeaderBytes: Input should be greater than or equal",
+        ),
     ],
 )
 def test_invalid_specs_say_what_to_change(name: str, spec: dict[str, Any], message: str) -> None:
