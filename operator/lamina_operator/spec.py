@@ -175,7 +175,11 @@ class HiddenStateLimits(ApiModel):
     JSON and header limits on every route, the others on the hidden-state routes."""
 
     max_prompts_per_request: int = Field(
-        default=64, ge=1, le=100000, description="Most prompts in one request."
+        default=64,
+        ge=1,
+        le=100000,
+        description="Most prompts in one request; on completions and chat, most "
+        "completions (prompts × n).",
     )
     max_tokens_per_request: int = Field(
         default=16384, ge=1, description="Most prompt tokens in one request, all prompts together."
@@ -203,14 +207,14 @@ class HiddenStateLimits(ApiModel):
         "Python's JSON parser recurses once per level.",
     )
     max_json_array_items: int = Field(
-        default=65536,
+        default=32768,
         ge=16,
         le=16777216,
         description="Most items in one JSON array of a request, e.g. the token ids of a "
         "prompt (413 beyond).",
     )
     max_json_values: int = Field(
-        default=65536,
+        default=32768,
         ge=1024,
         le=16777216,
         description="Most JSON values (numbers, strings, arrays, objects, keys) in one "

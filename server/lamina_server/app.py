@@ -236,7 +236,7 @@ def build_router(state: ServerState) -> APIRouter:
 # The routes served (DESIGN.md's contract) and their methods. vLLM's app has more
 # (/tokenize, /v1/responses, /v1/messages, /scale_elastic_ep, ...), each with its own
 # costly inputs to harden: they are not served (404 before any body is read).
-_GET, _POST = frozenset({"GET", "HEAD", "OPTIONS"}), frozenset({"POST", "OPTIONS"})
+_GET, _POST = frozenset({"GET", "OPTIONS"}), frozenset({"POST", "OPTIONS"})
 ROUTES: dict[str, frozenset[str]] = {
     "/v1/hidden_states": _POST,
     "/v1/embeddings": _POST,
@@ -251,6 +251,20 @@ ROUTES: dict[str, frozenset[str]] = {
 }
 
 
+def head_problem(scope: Scope, max_bytes: int) -> LaminaError | None:
+    """431 for a request line and headers over ``max_bytes``. h11 checks this only
+    while the head is incomplete: one that arrives whole in one socket read (up to
+    256 KiB) would pass it."""
+    size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+    size += sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+    if size <= max_bytes:
+        return None
+    return LaminaError(
+        ErrorType.HEADERS_TOO_LARGE,
+        f"request line and headers of about {size} bytes are over the {max_bytes}-byte limit",
+    )
+
+
 def route_problem(method: str, path: str) -> LaminaError | None:
     """404 for a path that is not served, 405 for a method a route does not take."""
     methods = ROUTES.get(path)
@@ -259,7 +273,7 @@ def route_problem(method: str, path: str) -> LaminaError | None:
     if method not in methods:
         return LaminaError(
             ErrorType.METHOD_NOT_ALLOWED,
-            f"{path} takes {' or '.join(sorted(methods - {'HEAD', 'OPTIONS'}))}, not {method[:20]}",
+            f"{path} takes {' or '.join(sorted(methods - {'OPTIONS'}))}, not {method[:20]}",
             allow=", ".join(sorted(methods)),
         )
     return None
@@ -414,7 +428,9 @@ class LaminaMiddleware:
                     LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key"),
                 )
                 return
-            problem = route_problem(scope["method"], path)
+            problem = head_problem(scope, state.settings.max_header_bytes) or route_problem(
+                scope["method"], path
+            )
             if problem is not None:
                 await self._reject(send_and_record, problem)
                 return

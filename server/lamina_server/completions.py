@@ -147,7 +147,7 @@ class CompletionsHiddenStates:
         except orjson.JSONDecodeError as e:
             await error_response(invalid(f"invalid JSON: {e}"))(scope, receive, send)
             return
-        problem = completion_problem(scope["path"], body, self.state.settings.max_chat_items)
+        problem = completion_problem(scope["path"], body, self.state.settings)
         if problem is not None:
             await error_response(problem)(scope, receive, send)
             return

@@ -76,8 +76,8 @@ class LaminaSettings:
     # Checked before any parsing, on every route (vLLM's too): see limits.json_problem.
     max_body_bytes: int = 8 * 1024 * 1024
     max_json_depth: int = 64
-    max_json_array_items: int = 65536  # items of one array (token ids)
-    max_json_values: int = 65536  # values in one body: bounds parse time and memory
+    max_json_array_items: int = 32768  # items of one array (token ids)
+    max_json_values: int = 32768  # values in one body: bounds parse time and memory
     max_chat_items: int = 1024  # messages, content parts and tools of a chat request
     # Text characters per request on the hidden-state routes, checked before tokenizing.
     max_prompt_chars: int = 1_000_000

@@ -24,6 +24,7 @@ class ErrorType(enum.StrEnum):
     NOT_FOUND = "not_found_error"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     TOO_LARGE = "request_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
     OVERLOADED = "overloaded_error"
     DRAINING = "service_unavailable"
     ENGINE = "engine_error"
@@ -35,6 +36,7 @@ STATUS_BY_TYPE: dict[ErrorType, int] = {
     ErrorType.NOT_FOUND: 404,
     ErrorType.METHOD_NOT_ALLOWED: 405,
     ErrorType.TOO_LARGE: 413,
+    ErrorType.HEADERS_TOO_LARGE: 431,
     ErrorType.OVERLOADED: 429,
     ErrorType.DRAINING: 503,
     ErrorType.ENGINE: 500,

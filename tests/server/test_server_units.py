@@ -762,3 +762,114 @@ def test_client_disconnect_is_499_logged_once_without_traceback(
     assert [r.levelname for r in lines] == ["INFO"]
     assert "client disconnected" in lines[0].getMessage()
     assert lines[0].exc_info is None
+
+
+def test_vllm_routes_get_cheap_shapes_and_no_grammars() -> None:
+    from lamina_server.openai_checks import completion_problem
+
+    s = LaminaSettings(max_chat_items=6, max_prompts_per_request=8)
+
+    def problem(path: str, body: Any) -> str | None:
+        err = completion_problem(path, body, s)
+        return None if err is None else f"{err.status} {err.message}"
+
+    chat = "/v1/chat/completions"
+    ok = {"messages": [{"role": "user", "content": "hi"}]}
+    assert problem(chat, ok) is None
+    parts = [{"type": "text", "text": "a"}] * 5
+    assert problem(chat, {"messages": [{"role": "user", "content": parts}]}) is None
+    assert problem(chat, {"messages": [{"role": "user", "content": parts + parts[:1]}]}) == (
+        "413 more than 6 messages, content parts and tools in one chat request"
+    )
+    assert problem(chat, {**ok, "tools": [{}] * 6}) is not None
+    # the shapes vLLM spends tens of microseconds and a dozen errors on, per item
+    assert problem(chat, {"messages": [{"role": "user", "content": [7] * 100_000}]}) == (
+        "422 messages[0].content must be text or a list of content-part objects"
+    )
+    for bad in ({}, 5, {"role": 5}, {"content": "x"}):
+        assert problem(chat, {"messages": [ok["messages"][0], bad]}) == (
+            "422 messages[1] must be an object with a text 'role'"
+        )
+    assert problem(chat, {"messages": "x"}) is None  # one cheap error: vLLM's own
+    assert problem("/v1/completions", [1, 2]) is None
+    # grammars are compiled in the engine: refused; plain formats pass
+    for fmt in ("text", "json_object"):
+        assert problem(chat, {**ok, "response_format": {"type": fmt}}) is None
+    for extra in (
+        {"response_format": {"type": "json_schema", "json_schema": {}}},
+        {"structured_outputs": {"regex": "a{1000}{1000}"}},
+        {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    ):
+        err = problem("/v1/completions", {"prompt": "a", **extra})
+        assert err is not None
+        assert err.startswith("422 ")
+        assert "grammar-constrained decoding" in err
+    # fan-out: prompts x n
+    assert problem("/v1/completions", {"prompt": "a", "n": 8}) is None
+    assert problem("/v1/completions", {"prompt": [1, 2, 3], "n": 8}) is None
+    assert problem("/v1/completions", {"prompt": ["a", "b"], "n": 5}) == (
+        "413 the request asks for 10 completions (prompts x n), more than 8"
+    )
+    assert problem(chat, {**ok, "n": 16384}) is not None
+
+
+def test_health_answers_while_a_prompt_is_tokenized() -> None:
+    """Tokenizing runs on the worker thread: the event loop answers probes meanwhile."""
+    import threading
+
+    async def run() -> None:
+        client, _, engine = make_client()
+        started, release = threading.Event(), threading.Event()
+        tokenize = engine.tokenize
+
+        def slow_tokenize(text: str, add_special_tokens: bool = True) -> list[int]:
+            started.set()
+            assert release.wait(30)
+            return tokenize(text)
+
+        engine.tokenize = slow_tokenize  # type: ignore[method-assign]
+        request = asyncio.create_task(client.post("/v1/hidden_states", json={"prompts": ["ab"]}))
+        assert await asyncio.to_thread(started.wait, 30)
+        for path in ("/health", "/healthz", "/readyz"):
+            assert (await client.get(path)).status_code == 200
+        assert not request.done()  # still tokenizing
+        release.set()
+        assert (await request).status_code == 200
+
+    asyncio.run(run())
+
+
+def test_parse_lane_lets_the_loop_turn_between_big_bodies() -> None:
+    from lamina_server.limits import ParseLane
+
+    async def run() -> list[str]:
+        lane = ParseLane(min_bytes=100)
+        order: list[str] = []
+
+        async def parse(name: str, size: int) -> None:
+            await lane.enter(b" " * size)
+            order.append(name)  # the caller parses right here, in the same step
+
+        async def probe() -> None:
+            order.append("probe")
+
+        await asyncio.gather(parse("big-1", 100), parse("big-2", 100), parse("small", 99), probe())
+        return order
+
+    # big-2 waits for the loop to come round (after the probe); small bodies never wait
+    assert asyncio.run(run()) == ["big-1", "small", "probe", "big-2"]
+
+
+def test_big_answers_render_in_short_calls_with_the_same_bytes() -> None:
+    from lamina_server.encoding import base64_text
+    from lamina_server.service import dumps_json
+
+    data = bytes(range(256)) * ((3 << 20) // 256 + 7)  # across a chunk boundary
+    assert base64_text(data) == base64.b64encode(data).decode()
+    rows = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float64)
+    import orjson
+
+    assert dumps_json({"x": rows, "y": rows[0]}) == orjson.dumps(
+        {"x": rows, "y": rows[0]}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
