@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from kube_cluster import REPO, Cluster, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -97,3 +100,28 @@ def start_operator(namespace: str, env: Mapping[str, str], log: Path) -> Operato
 
 
 StartOperator = Callable[[str], OperatorProcess]
+
+
+# -- LLMDeployments through kubectl, as a user reads them ---------------------------
+
+
+def llmd(name: str, **spec: Any) -> str:
+    body = {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}, **spec}
+    return yaml.safe_dump(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> Any:
+    proc = cluster.kubectl("-n", namespace, "get", *what, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == kind), {})

@@ -6,7 +6,9 @@
 >>> states.shape  # [prompts, layers, hidden]
 
 ``lamina.for_deployment("my-llm", "team-ns")`` reaches an LLMDeployment by name
-(through ``kubectl port-forward`` from outside the cluster).
+(through ``kubectl port-forward`` from outside the cluster);
+``with lamina.running("my-llm", "team-ns") as client:`` also starts it if it is
+suspended or at zero replicas, and puts it back after.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .startstop import running
 
 __all__ = [
     "AsyncClient",
@@ -43,4 +46,5 @@ __all__ = [
     "__version__",
     "async_for_deployment",
     "for_deployment",
+    "running",
 ]

@@ -9,19 +9,22 @@ printed, no traceback).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from . import files
+from . import files, leases, startstop
 from ._version import __version__
 from .client import Client
-from .deployment import for_deployment
+from .deployment import connect, for_deployment
 from .errors import LaminaError
 from .wire import DTYPES, POOLINGS
 
@@ -163,9 +166,158 @@ def _shape(result: Any) -> str:
     return f"[{', '.join(map(str, result.shape))}] {result.dtype}"
 
 
+# -- up / down / run ---------------------------------------------------------------
+
+
+def _add_deployment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the LLMDeployment's name")
+    p.add_argument("--namespace", "-n", default="default", help="its namespace")
+    p.add_argument("--context", help="kubectl context")
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=startstop.DEFAULT_WAIT_TIMEOUT,
+        help="seconds to wait for a ready pod (default %(default)g)",
+    )
+
+
+def _deployment(args: argparse.Namespace) -> startstop.Deployment:
+    return startstop.Deployment(args.name, args.namespace, context=args.context)
+
+
+def add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "up",
+        help="start a suspended (or scaled-to-zero) LLMDeployment",
+        description="Un-suspend an LLMDeployment, at one replica or more; it stays up "
+        "until `lamina down`, even after jobs started with `lamina run` end.",
+    )
+    _add_deployment_args(p)
+    p.add_argument("--wait", action="store_true", help="wait until a pod is ready")
+    _wait_args(p)
+    p.set_defaults(run=run_up)
+
+
+def run_up(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    startstop.up(_deployment(args), wait=args.wait, timeout=args.timeout)
+    print(f"llmd/{args.name} up" + (" and ready" if args.wait else ""))
+    return 0
+
+
+def add_down(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "down",
+        help="suspend an LLMDeployment (pods stop; Service and settings stay)",
+        description="Suspend an LLMDeployment. Refused while `lamina run` jobs hold it, "
+        "unless --force.",
+    )
+    _add_deployment_args(p)
+    p.add_argument("--force", action="store_true", help="even while jobs hold it")
+    p.set_defaults(run=run_down)
+
+
+def run_down(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    try:
+        startstop.down(_deployment(args), force=args.force)
+    except leases.InUse as e:
+        raise UsageError(str(e)) from None
+    print(f"llmd/{args.name} suspended")
+    return 0
+
+
+def add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "run",
+        help="start an LLMDeployment, run a command, put it back",
+        description="Start the LLMDeployment if needed, wait until it is ready, run "
+        f"COMMAND with {URL_ENV} set to its URL (a port-forward outside the cluster), and "
+        "put the deployment back as it was when COMMAND ends, fails or is interrupted. "
+        "Jobs that share a deployment keep it up until the last one ends; a job that "
+        "dies without ending stops counting after --lease seconds.",
+        usage="lamina run NAME [options] -- COMMAND [ARG...]",
+    )
+    _add_deployment_args(p)
+    _wait_args(p)
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=startstop.DEFAULT_LEASE.total_seconds(),
+        help="seconds a crashed job keeps the deployment up (renewed while alive; "
+        "default %(default)g)",
+    )
+    # main() cuts COMMAND off at "--" (argparse would take the job's options for ours).
+    p.set_defaults(run=run_run, command=[])
+
+
+def run_run(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    command: list[str] = args.command
+    if not command:
+        raise UsageError("say what to run after --, e.g. lamina run my-llm -- python job.py")
+    if args.lease < 10:
+        raise UsageError("--lease must be at least 10 seconds (it is renewed every third)")
+    lease = datetime.timedelta(seconds=args.lease)
+    deployment = _deployment(args)
+    job = _Job(command)
+    # SIGTERM (a CI cancel, kill) must put the deployment back like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, job.on_sigterm)
+    try:
+        with startstop.hold(deployment, lease=lease, timeout=args.timeout):
+            url, stop = connect(
+                args.name,
+                args.namespace,
+                port=None,
+                kubectl="kubectl",
+                context=args.context,
+                environ=os.environ,
+            )
+            try:
+                return job.run(
+                    {
+                        **os.environ,
+                        URL_ENV: url,
+                        "LAMINA_DEPLOYMENT": args.name,
+                        "LAMINA_NAMESPACE": args.namespace,
+                    }
+                )
+            finally:
+                if stop is not None:
+                    stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Job:
+    """The command of ``lamina run``. SIGTERM to us goes on to it once it runs (before,
+    it interrupts the wait); Ctrl-C reaches it directly, as it shares our terminal."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        if self.process is None:
+            raise KeyboardInterrupt
+        self.process.terminate()
+
+    def run(self, env: Mapping[str, str]) -> int:
+        try:
+            self.process = subprocess.Popen(self.command, env=env)
+        except OSError as e:
+            raise UsageError(f"cannot run {self.command[0]!r}: {e.strerror}") from None
+        while True:
+            try:
+                code = self.process.wait()
+            except KeyboardInterrupt:
+                continue  # the job got the same SIGINT; its exit code says what it did
+            return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as shells say
+
+
 # -- the command -------------------------------------------------------------------
 
-SUBCOMMANDS = [add_hidden_states]
+SUBCOMMANDS = [add_hidden_states, add_up, add_down, add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,8 +335,14 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     """Run ``lamina`` with ``argv`` (default: the process's); ``transport`` replaces the
     network (tests). Returns the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if argv[:1] == ["run"] and "--" in argv:
+        argv, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     try:
-        args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(_attach_negative_values(argv))
+        if command is not None:
+            args.command = command
         run: Run = args.run
         return run(args, transport)
     except SystemExit as e:  # argparse: --help (0) and usage errors (2)

@@ -19,9 +19,9 @@ from typing import Any
 
 import kopf
 
-from lamina_operator import metrics
-from lamina_operator.kube import Kube, TransientApiError
-from lamina_operator.reconcile import Memory, Observed, reconcile
+from lamina_operator import leases, metrics
+from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
+from lamina_operator.reconcile import Memory, Observed, PostEvent, reconcile
 from lamina_operator.render import (
     CHILD_RESOURCES,
     DEFAULT_IMAGES,
@@ -113,6 +113,7 @@ async def keep_true(
             started = time.perf_counter()
             try:
                 # `body` is kopf's live view: always the latest object seen.
+                await _end_expired_leases(runtime.kube, body, post_event)
                 await reconcile(
                     runtime.kube,
                     runtime.memory,
@@ -129,6 +130,9 @@ async def keep_true(
                 wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
             # While backing off, changes wait for the backoff: they cannot fix the API.
             backing_off = wait < RESYNC_SECONDS
+            expiry = leases.seconds_to_expiry(body["metadata"], datetime.datetime.now(datetime.UTC))
+            if expiry is not None:
+                wait = min(wait, expiry + 1)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stopped.wait())}
@@ -141,6 +145,30 @@ async def keep_true(
                             waiter.cancel()
     finally:
         runtime.wakers.pop(key, None)
+
+
+async def _end_expired_leases(kube: Kube, body: kopf.Body, post_event: PostEvent) -> None:
+    """A `lamina run` job that died cannot put its deployment back: do it for it."""
+    meta = body["metadata"]
+    patch = leases.overdue_restore(meta, datetime.datetime.now(datetime.UTC))
+    if patch is None:
+        return
+    try:
+        await kube.patch_own(meta["namespace"], meta["name"], patch)
+    except RejectedByApi as error:  # an annotation edited by hand into nonsense
+        post_event("Warning", "LeasesExpired", f"could not put the deployment back: {error}")
+        return
+    spec = patch.get("spec")
+    post_event(
+        "Normal",
+        "LeasesExpired",
+        "every lamina run lease expired without its job ending it; "
+        + (
+            f"put back suspend={spec['suspend']}, replicas={spec['replicas']}"
+            if spec
+            else "cleared"
+        ),
+    )
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

@@ -110,6 +110,12 @@ class Kube:
         path = child_path(kind, namespace, name)
         return await self._call("DELETE", path, propagationPolicy="Background") is not None
 
+    async def patch_own(self, namespace: str, name: str, patch: Manifest) -> None:
+        """Merge-patch the LLMDeployment itself (a 409 on a stale resourceVersion is
+        transient: the next reconcile reads it again)."""
+        path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}"
+        await self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
     async def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
         """Merge-patch the LLMDeployment's status subresource."""
         path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status"
