@@ -13,7 +13,8 @@ Two annotations on the LLMDeployment carry it, written with the object's
     the operator does.
 
 ``lamina up`` by hand drops ``restore`` (whoever said "up" wants it to stay up);
-``lamina down`` refuses while a lease is live, unless forced.
+``lamina down`` refuses while a job's lease is live, unless forced. While any lease
+is live the operator keeps at least one pod even if autoscaling would go to zero.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 LEASES = "lamina.dev/leases"
 RESTORE = "lamina.dev/restore"
+UP_PREFIX = "up/"  # leases that `lamina up` takes on deployments that scale to zero
 
 Patch = dict[str, Any]  # a JSON merge patch of the LLMDeployment
 
@@ -159,14 +161,33 @@ def _restore_fields(restore: Restore | None) -> dict[str, Any]:
     return {"suspend": restore.suspend, "replicas": restore.replicas}
 
 
-def up(llmd: Mapping[str, Any]) -> Patch:
-    """``lamina up``: serve, and stay up after running jobs end."""
-    return _patch(llmd, up_fields(llmd), {RESTORE: None})
+def idle_window(llmd: Mapping[str, Any]) -> datetime.timedelta | None:
+    """How long the autoscaler lets it idle before scaling to zero; None when it never
+    scales to zero."""
+    auto = _spec(llmd).get("autoscaling") or {}
+    if not auto.get("enabled") or auto.get("minReplicas", 1) > 0:
+        return None
+    return datetime.timedelta(seconds=int(auto.get("scaleToZeroAfterSeconds", 300)))
+
+
+def up(llmd: Mapping[str, Any], holder: str, now: datetime.datetime) -> Patch:
+    """``lamina up``: serve, and stay up after running jobs end. A deployment that
+    scales to zero also gets a lease of one idle window (``up/<holder>``): the
+    autoscaler would otherwise take the pod away again before anyone used it."""
+    annotations: dict[str, Any] = {RESTORE: None}
+    window = idle_window(llmd)
+    if window is not None:
+        live = live_leases(usage_of(llmd), now)
+        annotations[LEASES] = _leases_text({**live, UP_PREFIX + holder: now + window})
+    return _patch(llmd, up_fields(llmd), annotations)
 
 
 def down(llmd: Mapping[str, Any], now: datetime.datetime, *, force: bool) -> Patch:
-    """``lamina down``: suspend (replicas and settings kept for the next ``up``)."""
-    live = live_leases(usage_of(llmd), now)
+    """``lamina down``: suspend (replicas and settings kept for the next ``up``).
+    Only running jobs stop it, not an earlier ``up``."""
+    live = {
+        h: t for h, t in live_leases(usage_of(llmd), now).items() if not h.startswith(UP_PREFIX)
+    }
     if live and not force:
         name = llmd["metadata"]["name"]
         held = ", ".join(f"{h} (until {format_time(t)})" for h, t in sorted(live.items()))

@@ -113,7 +113,8 @@ def up(
     deployment: Deployment, *, wait: bool = False, timeout: float = DEFAULT_WAIT_TIMEOUT
 ) -> None:
     """Un-suspend (and scale from zero to one); it stays up after running jobs end."""
-    deployment.update(leases.up)
+    holder = holder_id()
+    deployment.update(lambda llmd: leases.up(llmd, holder, deployment.now()))
     if wait:
         deployment.wait_ready(timeout)
 

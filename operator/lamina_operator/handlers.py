@@ -21,14 +21,8 @@ import kopf
 
 from lamina_operator import leases, metrics
 from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
-from lamina_operator.reconcile import Memory, Observed, PostEvent, reconcile
-from lamina_operator.render import (
-    CHILD_RESOURCES,
-    DEFAULT_IMAGES,
-    FIELD_MANAGER,
-    Owner,
-    ServerImages,
-)
+from lamina_operator.reconcile import Memory, Observed, PostEvent, Settings, reconcile
+from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0
@@ -44,7 +38,7 @@ class Runtime:
     """What the handlers share within one operator process."""
 
     kube: Kube
-    images: ServerImages = DEFAULT_IMAGES
+    settings: Settings = field(default_factory=Settings)
     memory: Memory = field(default_factory=Memory)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
 
@@ -71,17 +65,13 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.runtime = Runtime(kube=await Kube.connect(), images=memo.get("images", DEFAULT_IMAGES))
+    memo.runtime = Runtime(kube=await Kube.connect(), settings=memo.get("settings", Settings()))
     metrics.register_api_counter(memo.runtime.kube.requests)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.runtime.kube.close()
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _observed(body: kopf.Body) -> Observed:
@@ -91,6 +81,7 @@ def _observed(body: kopf.Body) -> Observed:
         generation=int(meta.get("generation", 0)),
         spec=dict(body.get("spec", {})),
         status=dict(body.get("status", {})),
+        meta=dict(meta),
     )
 
 
@@ -118,9 +109,9 @@ async def keep_true(
                     runtime.kube,
                     runtime.memory,
                     _observed(body),
-                    _now(),
+                    datetime.datetime.now(datetime.UTC),
                     post_event,
-                    runtime.images,
+                    runtime.settings,
                 )
                 metrics.observe_reconcile("ok", time.perf_counter() - started)
                 wait, delay = RESYNC_SECONDS, BACKOFF_FIRST_SECONDS

@@ -27,6 +27,10 @@ class RejectedByApi(ValueError):
     """The API refused what the spec rendered (400/422): the spec must change."""
 
 
+class NotServed(LookupError):
+    """The API serves no such kind here (404 on apply): its CRD is not installed."""
+
+
 def child_path(kind: str, namespace: str, name: str) -> str:
     """REST path of one child object."""
     group, version, plural = CHILD_RESOURCES[kind]
@@ -101,8 +105,8 @@ class Kube:
             fieldManager=FIELD_MANAGER,
             force="true",
         )
-        if stored is None:
-            raise TransientApiError(f"apply {path}: the API returned nothing")
+        if stored is None:  # apply creates what is missing: 404 means no such resource
+            raise NotServed(f"apply {path}: the API serves no {manifest['kind']} here")
         return stored
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:

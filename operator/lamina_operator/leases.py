@@ -60,6 +60,11 @@ def overdue_restore(meta: Mapping[str, Any], now: datetime.datetime) -> dict[str
     return patch
 
 
+def held(meta: Mapping[str, Any], now: datetime.datetime) -> bool:
+    """A live lease keeps at least one pod, even when autoscaling would go to zero."""
+    return any(when > now for when in _expiries(meta.get("annotations") or {}))
+
+
 def seconds_to_expiry(meta: Mapping[str, Any], now: datetime.datetime) -> float | None:
     """When the next live lease runs out (to look again then)."""
     ahead = [w for w in _expiries(meta.get("annotations") or {}) if w > now]

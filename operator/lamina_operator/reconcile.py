@@ -7,28 +7,34 @@ serves create, update, resume, drift and the periodic resync.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina_operator.kube import Kube, RejectedByApi
+from lamina_operator import leases
+from lamina_operator.kube import Kube, NotServed, RejectedByApi, TransientApiError
 from lamina_operator.render import (
+    ADD_ON_KINDS,
     CHILD_RESOURCES,
     DEFAULT_IMAGES,
+    NO_PROMETHEUS,
     Manifest,
     Owner,
     ServerImages,
+    autoscaling_problem,
     render_children,
 )
-from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
+from lamina_operator.spec import LLMDeploymentSpec, ModelFacts, PrometheusSource
 from lamina_operator.status import (
     READY,
     Verdict,
     compute_status,
     invalid_verdict,
     judge,
+    missing_add_on,
     status_patch,
 )
 from lamina_operator.validation import InvalidSpec, parse_spec
@@ -124,17 +130,31 @@ class Observed:
     generation: int
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    meta: Mapping[str, Any] = field(default_factory=dict)  # annotations: leases
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's defaults for what specs leave out (its command-line flags)."""
+
+    images: ServerImages = DEFAULT_IMAGES
+    prometheus: PrometheusSource = NO_PROMETHEUS
 
 
 async def _apply_children(
     kube: Kube,
     memory: Memory,
-    owner: Owner,
+    observed: Observed,
     spec: LLMDeploymentSpec,
     post_event: PostEvent,
-    images: ServerImages,
-) -> None:
-    desired = render_children(owner, spec, images)
+    settings: Settings,
+    now: datetime.datetime,
+) -> list[str]:
+    """Apply and prune; returns the add-ons the cluster lacks for this spec."""
+    owner = observed.owner
+    held = leases.held(observed.meta, now)
+    desired = render_children(owner, spec, settings.images, settings.prometheus, held)
+    missing = []
     for kind, manifest in desired.items():
         key = (kind, owner.namespace, owner.name)
         if not memory.needs_apply(key, manifest):
@@ -144,6 +164,11 @@ async def _apply_children(
             stored = await kube.apply(manifest)
         except RejectedByApi as error:
             raise InvalidSpec(f"the API rejected the {kind}: {error}") from None
+        except NotServed as error:
+            if kind not in ADD_ON_KINDS:
+                raise TransientApiError(str(error)) from None  # e.g. the namespace is going
+            missing.append(ADD_ON_KINDS[kind])
+            continue
         memory.record(key, manifest, stored)
         if not existed:
             post_event("Normal", "Created", f"created {kind}/{owner.name}")
@@ -153,15 +178,16 @@ async def _apply_children(
             await kube.delete(kind, owner.namespace, owner.name)
             memory.forget(key)
             post_event("Normal", "Deleted", f"deleted {kind}/{owner.name}: no longer wanted")
+    return missing
 
 
 async def reconcile(
     kube: Kube,
     memory: Memory,
     observed: Observed,
-    now: str,
+    now: datetime.datetime,
     post_event: PostEvent,
-    images: ServerImages = DEFAULT_IMAGES,
+    settings: Settings = Settings(),
 ) -> Manifest:
     """Make the children match the spec and write the status; returns the status.
 
@@ -172,16 +198,18 @@ async def reconcile(
     spec: LLMDeploymentSpec | None = None
     facts: ModelFacts | None = None
     verdict: Verdict
+    missing: list[str] = []
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
-        await _apply_children(kube, memory, owner, spec, post_event, images)
+        missing = await _apply_children(kube, memory, observed, spec, post_event, settings, now)
     except InvalidSpec as error:
         # Children of an earlier valid spec are left serving; status says what to fix.
         spec, verdict = None, invalid_verdict(str(error))
     deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
     if spec is not None:
         pods = memory.pods.get((owner.namespace, owner.name), {})
-        verdict = judge(spec, owner, deployment, list(pods.values()))
+        problem = autoscaling_problem(spec, settings.prometheus) or missing_add_on(missing)
+        verdict = judge(spec, owner, deployment, list(pods.values()), problem)
 
     status = compute_status(
         owner=owner,
@@ -191,7 +219,7 @@ async def reconcile(
         facts=facts,
         deployment=deployment,
         previous=observed.status,
-        now=now,
+        now=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     patch = status_patch(observed.status, status)
     if patch is not None:

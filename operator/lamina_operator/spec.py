@@ -263,8 +263,43 @@ class AutoscalingBehavior(ApiModel):
     )
 
 
+class Autoscaler(StrEnum):
+    KEDA = "KEDA"
+    HPA = "HPA"
+
+
+class PrometheusSource(ApiModel):
+    """Where KEDA reads the servers' metrics."""
+
+    server_address: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^https?://",
+        description="Prometheus base URL KEDA queries, e.g. "
+        "http://prometheus-operated.monitoring.svc:9090. Default: the operator's "
+        "(chart value autoscaling.prometheus.serverAddress).",
+    )
+    authentication_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A KEDA TriggerAuthentication in this namespace (bearer token, basic "
+        "auth or TLS for Prometheus). Default: the operator's (chart value "
+        "autoscaling.prometheus.authenticationRef), else none.",
+    )
+
+
+MIN_ZERO_NEEDS_KEDA = (
+    "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.autoscaler KEDA: an HPA "
+    "cannot scale to zero"
+)
+
+
 class AutoscalingSpec(ApiModel):
-    """Scale the servers on their own in-flight requests (via prometheus-adapter)."""
+    """Scale the servers on their own in-flight requests: through KEDA (a ScaledObject
+    reading Prometheus; can scale to zero) or a plain HPA on a Pods metric your own
+    adapter serves."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -272,17 +307,44 @@ class AutoscalingSpec(ApiModel):
                 cel(
                     "self.minReplicas <= self.maxReplicas",
                     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                )
+                ),
+                cel("self.minReplicas >= 1 || self.autoscaler == 'KEDA'", MIN_ZERO_NEEDS_KEDA),
             ]
         }
     )
 
-    enabled: bool = Field(default=False, description="Create a HorizontalPodAutoscaler.")
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    enabled: bool = Field(default=False, description="Scale the replicas on load.")
+    autoscaler: Autoscaler = Field(
+        default=Autoscaler.KEDA,
+        description="KEDA: a ScaledObject (needs KEDA and a Prometheus that scrapes the "
+        "server pods). HPA: a HorizontalPodAutoscaler on the Pods metric "
+        "`lamina_requests_in_flight` served by an adapter you run (e.g. prometheus-adapter).",
+    )
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 scales to zero when idle (KEDA)."
+    )
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas.")
     target_in_flight_requests: Quantity = Field(
         default="8",
         description="Average `lamina_requests_in_flight` per pod the autoscaler aims for.",
+    )
+    target_queue_depth: Quantity | None = Field(
+        default=None,
+        description="Also scale on `lamina_queue_depth` (prompts waiting in the engine), "
+        "aiming for this average per pod (KEDA).",
+    )
+    scale_to_zero_after_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="With minReplicas 0: seconds without requests in flight before the last "
+        "pod stops (KEDA's cooldownPeriod).",
+    )
+    polling_interval_seconds: int = Field(
+        default=15, ge=1, le=3600, description="How often KEDA queries Prometheus."
+    )
+    prometheus: PrometheusSource = Field(
+        default_factory=PrometheusSource, description="Where KEDA reads the metrics."
     )
     target_cpu_utilization_percentage: int | None = Field(
         default=None,
@@ -299,6 +361,8 @@ class AutoscalingSpec(ApiModel):
     def _min_le_max(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        if self.min_replicas < 1 and self.autoscaler != Autoscaler.KEDA:
+            raise ValueError(MIN_ZERO_NEEDS_KEDA)
         return self
 
 

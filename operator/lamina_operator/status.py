@@ -75,15 +75,30 @@ def server_failure(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def missing_add_on(add_ons: Sequence[str]) -> str | None:
+    """What to do when the cluster lacks an add-on the spec needs (KEDA)."""
+    if "KEDA" not in add_ons:
+        return None
+    return (
+        "autoscaling.autoscaler is KEDA but this cluster serves no ScaledObject "
+        "(keda.sh/v1alpha1): install KEDA (https://keda.sh/docs/latest/deploy/), or set "
+        "spec.autoscaling.autoscaler: HPA to use your own metrics adapter"
+    )
+
+
 def judge(
     spec: LLMDeploymentSpec,
     owner: Owner,
     deployment: Manifest | None,
     pods: Sequence[Mapping[str, Any]] = (),
+    autoscaling_problem: str | None = None,
 ) -> Verdict:
     """Ready/Progressing/Degraded of a valid spec given the observed Deployment and
-    its pods."""
+    its pods; ``autoscaling_problem`` says why the autoscaler is missing."""
     healthy = (False, "AsExpected", "no problems seen")
+    if autoscaling_problem is not None:
+        # The servers may well serve; they just will not scale. Say it, loudly.
+        healthy = (True, "AutoscalingUnavailable", autoscaling_problem)
     if deployment is None:
         creating = "creating the server Deployment"
         return Verdict((False, "Creating", creating), (True, "Creating", creating), healthy)
@@ -119,8 +134,13 @@ def judge(
             degraded,
         )
     if desired == 0:
+        idle = (
+            f"idle: scaled to zero by the autoscaler; `lamina up {owner.name}` starts it"
+            if spec.autoscaling.enabled
+            else "spec.replicas is 0"
+        )
         return Verdict(
-            (False, "ScaledToZero", "spec.replicas is 0"),
+            (False, "ScaledToZero", idle),
             (not rolled_out, "ScalingDown" if not rolled_out else "ScaledToZero", counts),
             degraded,
         )

@@ -89,7 +89,7 @@ def test_down_refuses_while_a_job_holds_it_and_names_the_job() -> None:
 def test_up_by_hand_outlives_the_jobs() -> None:
     start = llmd()
     held = applied(start, leases.acquire(start, "a", T0, TTL))
-    manual = applied(held, leases.up(held))
+    manual = applied(held, leases.up(held, "me", T0))
     assert applied(manual, leases.release(manual, "a", T0))["spec"]["suspend"] is False
 
 
@@ -136,3 +136,22 @@ def test_ready_means_a_ready_pod_for_the_current_spec() -> None:
     state = readiness_of(starting)
     assert not state.ready
     assert state.summary == "0/1 pods ready (Progressing Rollout: loading)"
+
+
+def test_up_on_a_deployment_that_scales_to_zero_keeps_a_pod_for_one_idle_window() -> None:
+    idle = llmd(suspend=False, replicas=0)
+    idle["spec"]["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 0,
+        "scaleToZeroAfterSeconds": 600,
+    }
+    woken = applied(idle, leases.up(idle, "me", T0))
+    assert woken["spec"]["replicas"] == 1
+    assert leases.usage_of(woken).leases == {"up/me": T0 + datetime.timedelta(seconds=600)}
+    # The operator keeps the autoscaler's minimum at one pod meanwhile ...
+    assert operator_leases.held(woken["metadata"], T0 + datetime.timedelta(seconds=599))
+    assert not operator_leases.held(woken["metadata"], T0 + datetime.timedelta(seconds=601))
+    # ... and `down` is not refused by an `up`.
+    assert applied(woken, leases.down(woken, T0, force=False))["spec"]["suspend"] is True
+    # Without scale to zero, `up` takes no lease.
+    assert leases.LEASES not in leases.up(llmd(), "me", T0)["metadata"]["annotations"]

@@ -60,6 +60,16 @@ ADMISSION_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"model": MODEL, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
     ),
+    (
+        "scale to zero without KEDA",
+        {"model": MODEL, "autoscaling": {"enabled": True, "autoscaler": "HPA", "minReplicas": 0}},
+        "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.autoscaler KEDA",
+    ),
+    (
+        "prometheus not a URL",
+        {"model": MODEL, "autoscaling": {"prometheus": {"serverAddress": "prometheus:9090"}}},
+        "spec.autoscaling.prometheus.serverAddress in body should match",
+    ),
     ("misspelt field", {"model": MODEL, "replcas": 2}, 'unknown field "spec.replcas"'),
     (
         "two caches",

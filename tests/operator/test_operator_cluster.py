@@ -185,7 +185,7 @@ def test_autoscaled_replicas_are_never_reverted(
     cluster: Cluster, namespace: str, run_operator: StartOperator
 ) -> None:
     operator = run_operator(namespace)
-    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 5}
+    auto = {"enabled": True, "autoscaler": "HPA", "minReplicas": 1, "maxReplicas": 5}
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=llmd("a", autoscaling=auto))
     wait_ready(cluster, namespace, "a")
     hpa = get(cluster, namespace, "hpa", "a")
@@ -222,7 +222,7 @@ def test_suspend_scales_to_zero_and_deletes_nothing(
     cluster: Cluster, namespace: str, run_operator: StartOperator
 ) -> None:
     run_operator(namespace)
-    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 3}
+    auto = {"enabled": True, "autoscaler": "HPA", "minReplicas": 1, "maxReplicas": 3}
     cluster.kubectl(
         "-n", namespace, "apply", "-f", "-", input=llmd("s", replicas=2, autoscaling=auto)
     )

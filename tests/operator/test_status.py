@@ -6,7 +6,13 @@ from typing import Any
 
 from lamina_operator.render import Owner
 from lamina_operator.spec import LLMDeploymentSpec
-from lamina_operator.status import compute_status, invalid_verdict, judge, status_patch
+from lamina_operator.status import (
+    compute_status,
+    invalid_verdict,
+    judge,
+    missing_add_on,
+    status_patch,
+)
 
 OWNER = Owner(name="llama", namespace="ml", uid="u")
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
@@ -194,3 +200,23 @@ def test_a_past_restart_of_a_ready_server_is_not_degraded() -> None:
     status = _status_with_pods([_pod("a", False, reason="Completed", exitCode=0)])
     assert _condition(status, "Degraded")["status"] == "False"
     assert _condition(status, "Ready")["reason"] == "WaitingForReplicas"
+
+
+def test_keda_missing_is_degraded_while_the_servers_keep_serving() -> None:
+    spec = _spec(autoscaling={"enabled": True})
+    problem = missing_add_on(["KEDA"])
+    assert problem is not None
+    verdict = judge(spec, OWNER, _deployment(1, 1, 1), autoscaling_problem=problem)
+    assert verdict.ready[:2] == (True, "AllReplicasReady")
+    assert verdict.degraded[:2] == (True, "AutoscalingUnavailable")
+    assert "install KEDA" in verdict.degraded[2]
+    assert "autoscaler: HPA" in verdict.degraded[2]
+    assert missing_add_on([]) is None
+
+
+def test_scaled_to_zero_by_the_autoscaler_is_not_degraded_and_says_how_to_wake_it() -> None:
+    spec = _spec(replicas=0, autoscaling={"enabled": True, "minReplicas": 0})
+    verdict = judge(spec, OWNER, _deployment(0, 0, 0))
+    assert verdict.ready[:2] == (False, "ScaledToZero")
+    assert "lamina up llama" in verdict.ready[2]
+    assert verdict.degraded[0] is False
