@@ -15,6 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from lamina_operator import handlers
+from lamina_operator.reconcile import DEFAULT_COST_REFRESH_SECONDS
 from lamina_operator.render import ServerImages
 from lamina_operator.spec import DEFAULT_CPU_IMAGE, DEFAULT_IMAGE
 
@@ -63,10 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("LAMINA_SERVER_IMAGE_CPU", DEFAULT_CPU_IMAGE),
         help="Server image for LLMDeployments with resources.useGPU: false and no spec.image.",
     )
+    parser.add_argument(
+        "--cost-refresh-seconds",
+        type=int,
+        default=int(env("LAMINA_COST_REFRESH_SECONDS", str(DEFAULT_COST_REFRESH_SECONDS))),
+        help="How often status.cost moves on while pods run (one status write each).",
+    )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
         parser.error("give --namespace NS (repeatable) or --all-namespaces")
+    if args.cost_refresh_seconds < 1:
+        parser.error("--cost-refresh-seconds must be at least 1")
     return args
 
 
@@ -87,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
             standalone=not args.peering,
             peering_name=args.peering or None,
             liveness_endpoint=args.liveness or None,
-            memo=kopf.Memo(images=ServerImages(gpu=args.server_image, cpu=args.server_image_cpu)),
+            memo=kopf.Memo(
+                images=ServerImages(gpu=args.server_image, cpu=args.server_image_cpu),
+                cost_refresh_seconds=args.cost_refresh_seconds,
+            ),
         )
     )
 

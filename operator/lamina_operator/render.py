@@ -316,14 +316,19 @@ def gpu_tolerations(spec: LLMDeploymentSpec) -> list[Manifest]:
     return [{"key": key, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def desired_replicas(spec: LLMDeploymentSpec) -> int:
+def desired_replicas(spec: LLMDeploymentSpec, budget_hold: bool = False) -> int:
     """Pods the Deployment should run. With autoscaling on the HPA writes spec.replicas
-    through the LLMDeployment's scale subresource, so this is still the one source."""
-    return 0 if spec.suspend else spec.replicas
+    through the LLMDeployment's scale subresource, so this is still the one source.
+    A budget hold (spec.cost.suspendOverBudget, the month's budget spent) gives 0
+    without touching spec.replicas or spec.suspend, so lifting it restores them."""
+    return 0 if spec.suspend or budget_hold else spec.replicas
 
 
 def render_deployment(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: ServerImages = DEFAULT_IMAGES,
+    budget_hold: bool = False,
 ) -> Manifest:
     """The server Deployment."""
     return {
@@ -331,7 +336,7 @@ def render_deployment(
         "kind": "Deployment",
         "metadata": _metadata(owner),
         "spec": {
-            "replicas": desired_replicas(spec),
+            "replicas": desired_replicas(spec, budget_hold),
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector_labels(owner)},
             "strategy": {
@@ -462,11 +467,14 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
 
 
 def render_children(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: ServerImages = DEFAULT_IMAGES,
+    budget_hold: bool = False,
 ) -> dict[str, Manifest]:
     """Every child the spec wants, by kind. Kinds missing here are to be pruned."""
     children = {
-        "Deployment": render_deployment(owner, spec, images),
+        "Deployment": render_deployment(owner, spec, images, budget_hold),
         "Service": render_service(owner, spec),
     }
     if spec.autoscaling.enabled:
