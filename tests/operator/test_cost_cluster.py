@@ -142,6 +142,11 @@ def test_status_cost_is_the_pods_running_time_through_scale_down_and_restart(
 
     _, cost_metric, cost = metric_matches_status(cluster, namespace, "c", operator)
     assert cost_metric == pytest.approx(cost["cost"])
+    header, row = cluster.kubectl("-n", namespace, "get", "llmd", "c", "-o", "wide").stdout.split(
+        "\n"
+    )[:2]
+    assert header.split()[-4:] == ["ACCEL-HOURS", "COST", "PROJECTED", "CURRENCY"]
+    assert row.split()[-1] == "USD"
 
     # The operator goes down; meanwhile the remaining pod is deleted (its replacement
     # starts). The deleted pod was last seen running at the last asOf before the stop.
