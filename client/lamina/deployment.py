@@ -99,7 +99,16 @@ class Kubectl:
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         """The object as JSON; None when it does not exist."""
-        args = ["get", kind, name, "-n", namespace, "-o", "json"]
+        return self._json(["get", kind, name, "-n", namespace, "-o", "json"])
+
+    def get_all(self, kind: str, namespace: str | None, all_namespaces: bool = False) -> list[Any]:
+        """The objects of a kind: in one namespace (None: kubectl's current one) or all."""
+        scope = ["-A"] if all_namespaces else ["-n", namespace] if namespace else []
+        found = self._json(["get", kind, *scope, "-o", "json"])
+        return list((found or {}).get("items", []))
+
+    def _json(self, args: list[str]) -> dict[str, Any] | None:
+        """kubectl's JSON answer; None when it says NotFound."""
         try:
             proc = subprocess.run(
                 [*self.prefix, *args],
