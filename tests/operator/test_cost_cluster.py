@@ -4,8 +4,12 @@ operator restart (with a pod deleted while it was down) and a budget that runs o
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -178,6 +182,25 @@ def test_status_cost_is_the_pods_running_time_through_scale_down_and_restart(
     assert cost["settledSeconds"] == 0
     seconds_metric, _, cost = metric_matches_status(cluster, namespace, "c", operator)
     assert seconds_metric == cost["acceleratorSeconds"]
+
+    # `lamina cost` reads the same figures.
+    def lamina_cost_row() -> tuple[dict[str, str], dict[str, Any]] | None:
+        out = subprocess.run(
+            [sys.executable, "-m", "lamina", "cost", "-n", namespace, "--csv"],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (row,) = csv.DictReader(io.StringIO(out))
+        cost = cost_of(cluster, namespace, "c")
+        return (row, cost) if row["as_of"] == cost["asOf"] else None
+
+    row, cost = wait_until(lamina_cost_row, timeout=30, what="lamina cost at the status' asOf")
+    assert (row["name"], row["accelerator"], row["currency"]) == ("c", GPU, "USD")
+    assert float(row["accelerator_hours"]) == cost["acceleratorHours"]
+    assert float(row["cost"]) == cost["cost"]
+    assert float(row["projected_cost"]) == cost["projectedCost"]
 
 
 def format_end(when: dt.datetime) -> str:
