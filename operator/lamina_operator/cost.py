@@ -343,7 +343,7 @@ def judge_budget(ledger: Ledger, numbers: Figures, cost: CostSpec) -> BudgetVerd
         f"{share:.0f} % of the {_money(budget, money)} budget"
     )
     warning = (
-        (True, "ProjectedNearBudget", projected)
+        (True, "ProjectedOver80Percent", projected)
         if numbers.projected_cost >= WARNING_FRACTION * budget
         else (False, "WithinBudget", projected)
     )

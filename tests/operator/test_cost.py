@@ -301,7 +301,7 @@ def _budget(budget: float, hours_run: int, running: bool, suspend: bool = False)
 def test_budget_warning_at_80_percent_of_the_projection() -> None:
     # 1 GPU at 2/h for a 30-day month: 1440 projected.
     report = _budget(1440 / 0.8, hours_run=1, running=True)
-    assert report.budget.warning[:2] == (True, "ProjectedNearBudget")
+    assert report.budget.warning[:2] == (True, "ProjectedOver80Percent")
     assert report.budget.exceeded[:2] == (False, "WithinBudget")
     below = _budget(1440 / 0.8 + 10, hours_run=1, running=True)
     assert below.budget.warning[0] is False

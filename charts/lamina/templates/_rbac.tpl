@@ -56,7 +56,8 @@ Application rules: what reconciling an LLMDeployment needs.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
-# Server pods, read-only: why they restart (OOM, a failed start) goes into status.
+# Server pods, read-only: why they restart (OOM, a failed start) goes into status,
+# and their running time into status.cost.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
