@@ -10,7 +10,7 @@ stopped, its end). A running pod's time is `start → asOf`; merging the same po
 changes nothing. Entries of pods that are gone from the API are folded into
 `settledSeconds` once their end is SETTLE_AFTER old (by then every source that could
 report the pod again, such as a late watch event, has passed), so the ledger stays as
-small as the pods of the last minutes. At a month boundary the month's total goes to
+small as the pods of the last quarter of an hour. At a month boundary the month's total goes to
 `history` (intervals spanning the boundary are split there).
 
 Pods deleted while the operator is down: their DELETED event is never seen, so when the
@@ -32,9 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from lamina_operator.render import Manifest
 from lamina_operator.spec import HISTORY_MONTHS, CostSpec, LLMDeploymentSpec
-
-Manifest = dict[str, Any]
 
 # A gone pod's entry is kept this long after its end before it is folded into the
 # month's settled seconds; see the module docstring.

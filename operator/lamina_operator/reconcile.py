@@ -1,6 +1,7 @@
 """One level-triggered, idempotent reconcile of an LLMDeployment.
 
-parse → render (pure) → server-side apply what differs → prune what is no longer
+parse → account the cost (with spec.cost: pure, from the listed pods) → render (pure;
+0 pods under a budget hold) → server-side apply what differs → prune what is no longer
 wanted → status from what is observed, written only when it changed. The same call
 serves create, update, resume, drift and the periodic resync.
 """
