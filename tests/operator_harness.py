@@ -7,10 +7,10 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from kube_cluster import REPO, Cluster, wait_until
@@ -49,7 +49,7 @@ class OperatorProcess:
     metrics_port: int
     log: Path
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, /, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -99,7 +99,11 @@ def start_operator(namespace: str, env: Mapping[str, str], log: Path) -> Operato
     return OperatorProcess(process, metrics, log)
 
 
-StartOperator = Callable[[str], OperatorProcess]
+class StartOperator(Protocol):
+    """Starts the operator for one namespace; `env` adds to its environment (e.g.
+    LAMINA_COST_REFRESH_SECONDS)."""
+
+    def __call__(self, namespace: str, env: Mapping[str, str] | None = None) -> OperatorProcess: ...
 
 
 # -- LLMDeployments through kubectl, as a user reads them ---------------------------

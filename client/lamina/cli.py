@@ -24,7 +24,8 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from . import files, leases, startstop
 from ._version import __version__
 from .client import Client
-from .deployment import connect, for_deployment
+from .cost import cost_rows, is_month, render_csv, render_table
+from .deployment import Kubectl, connect, for_deployment
 from .errors import LaminaError
 from .wire import DTYPES, POOLINGS
 
@@ -315,9 +316,58 @@ class _Job:
             return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as shells say
 
 
+# -- cost --------------------------------------------------------------------------
+
+
+def parse_month(text: str) -> str:
+    if not is_month(text):
+        raise argparse.ArgumentTypeError(f"--month takes YYYY-MM, e.g. 2026-10, not {text!r}")
+    return text
+
+
+def add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "cost",
+        help="accelerator-hours and cost of LLMDeployments, as a table or CSV",
+        description="Accelerator-hours (GPU-hours, or pod-hours on CPU), cost so far, the "
+        "month's projection and budget of every LLMDeployment with spec.cost, read from "
+        "its status.cost with kubectl. Months are calendar months in UTC; the operator "
+        "keeps the current one and the 12 before it.",
+        epilog="examples:\n"
+        "  lamina cost -n research\n"
+        "  lamina cost -A --month 2026-10 --csv > october.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", help="one namespace (default: kubectl's current)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="every namespace")
+    p.add_argument(
+        "--month", type=parse_month, help="a finished month, YYYY-MM (default: the current one)"
+    )
+    p.add_argument("--csv", action="store_true", help="CSV with a header, full precision")
+    p.add_argument("--context", help="kubectl context")
+    p.set_defaults(run=run_cost)
+
+
+def run_cost(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    kubectl = Kubectl(context=args.context)
+    rows = cost_rows(kubectl.get_all("llmd", args.namespace, args.all_namespaces), args.month)
+    if args.csv:
+        sys.stdout.write(render_csv(rows))
+    elif rows:
+        print(render_table(rows))
+    else:
+        month = f" for {args.month}" if args.month else ""
+        print(
+            f"no LLMDeployment with cost figures{month}: set spec.cost (see README)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 # -- the command -------------------------------------------------------------------
 
-SUBCOMMANDS = [add_hidden_states, add_up, add_down, add_run]
+SUBCOMMANDS = [add_hidden_states, add_up, add_down, add_run, add_cost]
 
 
 def build_parser() -> argparse.ArgumentParser:

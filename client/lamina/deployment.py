@@ -118,9 +118,8 @@ class Kubectl:
             hint="check kubectl's context and your access to the namespace",
         )
 
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        """The object as JSON; None when it does not exist."""
-        args = ["get", kind, name, "-n", namespace, "-o", "json"]
+    def _json(self, args: list[str]) -> dict[str, Any] | None:
+        """kubectl's JSON answer; None when it says NotFound."""
         proc = self._run(args)
         if proc.returncode != 0:
             if "(NotFound)" in proc.stderr:
@@ -128,6 +127,16 @@ class Kubectl:
             raise self._failed(args, proc)
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """The object as JSON; None when it does not exist."""
+        return self._json(["get", kind, name, "-n", namespace, "-o", "json"])
+
+    def get_all(self, kind: str, namespace: str | None, all_namespaces: bool = False) -> list[Any]:
+        """The objects of a kind: in one namespace (None: kubectl's current one) or all."""
+        scope = ["-A"] if all_namespaces else ["-n", namespace] if namespace else []
+        found = self._json(["get", kind, *scope, "-o", "json"])
+        return list((found or {}).get("items", []))
 
     def merge_patch(self, kind: str, name: str, namespace: str, patch: Any) -> bool:
         """Apply a JSON merge patch; False when the API refused it as stale (409: the

@@ -15,7 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from lamina_operator import handlers
-from lamina_operator.reconcile import Settings
+from lamina_operator.reconcile import DEFAULT_COST_REFRESH_SECONDS, Settings
 from lamina_operator.render import ServerImages
 from lamina_operator.spec import DEFAULT_CPU_IMAGE, DEFAULT_IMAGE, PrometheusSource
 
@@ -76,10 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="KEDA TriggerAuthentication name for that Prometheus (in each LLMDeployment's "
         "namespace).",
     )
+    parser.add_argument(
+        "--cost-refresh-seconds",
+        type=int,
+        default=int(env("LAMINA_COST_REFRESH_SECONDS", str(DEFAULT_COST_REFRESH_SECONDS))),
+        help="How often status.cost moves on while pods run (one status write each).",
+    )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
         parser.error("give --namespace NS (repeatable) or --all-namespaces")
+    if args.cost_refresh_seconds < 1:
+        parser.error("--cost-refresh-seconds must be at least 1")
     return args
 
 
@@ -89,6 +97,7 @@ def settings(args: argparse.Namespace) -> Settings:
         prometheus=PrometheusSource(
             server_address=args.prometheus_url, authentication_ref=args.prometheus_auth
         ),
+        cost_refresh_seconds=args.cost_refresh_seconds,
     )
 
 

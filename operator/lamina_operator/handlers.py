@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 
 from lamina_operator import leases, metrics
+from lamina_operator.cost import seconds_to_next_refresh
 from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
 from lamina_operator.reconcile import Memory, Observed, PostEvent, Settings, reconcile
 from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
@@ -41,6 +42,7 @@ class Runtime:
     settings: Settings = field(default_factory=Settings)
     memory: Memory = field(default_factory=Memory)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+    costs: metrics.CostFigures = field(default_factory=metrics.CostFigures)
 
     def wake(self, key: ObjectKey) -> None:
         waker = self.wakers.get(key)
@@ -67,6 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     memo.runtime = Runtime(kube=await Kube.connect(), settings=memo.get("settings", Settings()))
     metrics.register_api_counter(memo.runtime.kube.requests)
+    metrics.register_cost_figures(memo.runtime.costs)
 
 
 @kopf.on.cleanup()
@@ -82,7 +85,17 @@ def _observed(body: kopf.Body) -> Observed:
         spec=dict(body.get("spec", {})),
         status=dict(body.get("status", {})),
         meta=dict(meta),
+        resource_version=int(meta.get("resourceVersion", 0)),
     )
+
+
+def _resync_wait(status: Mapping[str, Any], refresh_seconds: int) -> float:
+    """Until the next resync; while the cost is accounted, until its figures move on
+    (a little after, so that the clock has passed the boundary)."""
+    if "cost" not in status:
+        return RESYNC_SECONDS
+    now = datetime.datetime.now(datetime.UTC)
+    return min(RESYNC_SECONDS, seconds_to_next_refresh(now, refresh_seconds) + 0.05)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=10.0)
@@ -105,7 +118,7 @@ async def keep_true(
             try:
                 # `body` is kopf's live view: always the latest object seen.
                 await _end_expired_leases(runtime.kube, body, post_event)
-                await reconcile(
+                status = await reconcile(
                     runtime.kube,
                     runtime.memory,
                     _observed(body),
@@ -114,15 +127,17 @@ async def keep_true(
                     runtime.settings,
                 )
                 metrics.observe_reconcile("ok", time.perf_counter() - started)
-                wait, delay = RESYNC_SECONDS, BACKOFF_FIRST_SECONDS
+                runtime.costs.record(key, status.get("cost"))
+                wait = _resync_wait(status, runtime.settings.cost_refresh_seconds)
+                delay = BACKOFF_FIRST_SECONDS
             except TransientApiError as error:
                 metrics.observe_reconcile("retry", time.perf_counter() - started)
                 logger.warning(f"will retry in {delay:.0f}s: {error}")
                 wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
             # While backing off, changes wait for the backoff: they cannot fix the API.
-            backing_off = wait < RESYNC_SECONDS
+            backing_off = delay > BACKOFF_FIRST_SECONDS
             expiry = leases.seconds_to_expiry(body["metadata"], datetime.datetime.now(datetime.UTC))
-            if expiry is not None:
+            if expiry is not None:  # a lease ends: put the deployment back, free its pod
                 wait = min(wait, expiry + 1)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -136,6 +151,8 @@ async def keep_true(
                             waiter.cancel()
     finally:
         runtime.wakers.pop(key, None)
+        runtime.memory.forget_deployment(key)
+        runtime.costs.record(key, None)
 
 
 async def _end_expired_leases(kube: Kube, body: kopf.Body, post_event: PostEvent) -> None:
@@ -209,7 +226,8 @@ SERVER_PODS = {**MANAGED, "app.kubernetes.io/name": "lamina-server"}
 
 @kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="server-pods-changed")
 def server_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Pods tell why servers restart (OOM, a failed start); status reports it."""
+    """Pods tell why servers restart (OOM, a failed start), which status reports, and
+    a deleted pod's last state tells when it stopped, which the cost accounting needs."""
     pod = event["object"]
     meta = pod.get("metadata", {})
     owner = meta.get("labels", {}).get("app.kubernetes.io/instance")
@@ -221,4 +239,6 @@ def server_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     # Only what status needs: name and container states.
     kept = {"metadata": {"name": meta["name"]}, "status": pod.get("status", {})}
     runtime.memory.pod_seen(key, meta["name"], None if gone else kept)
+    if gone and key in runtime.wakers:  # pods of a deleted LLMDeployment need no account
+        runtime.memory.pod_departed(key, meta["uid"], dict(pod))
     runtime.wake(key)

@@ -46,7 +46,7 @@ def _message(error: ApiException) -> str:
 
 
 class Kube:
-    """A small async client: apply, delete, patch status. Counts requests by verb."""
+    """A small async client: apply, delete, patch status, list pods. Counts requests by verb."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
@@ -120,9 +120,18 @@ class Kube:
         path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}"
         await self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
-    async def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
-        """Merge-patch the LLMDeployment's status subresource."""
+    async def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest | None:
+        """Merge-patch the LLMDeployment's status subresource; returns the object as
+        stored (None when it is gone)."""
         path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        await self._call(
+        return await self._call(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        """The pods of one namespace matching a label selector, as the API has them now."""
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        found = await self._call("GET", path, labelSelector=selector)
+        if found is None:
+            raise TransientApiError(f"list {path}: the API returned nothing")
+        return list(found.get("items", []))

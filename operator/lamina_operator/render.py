@@ -320,14 +320,19 @@ def gpu_tolerations(spec: LLMDeploymentSpec) -> list[Manifest]:
     return [{"key": key, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def desired_replicas(spec: LLMDeploymentSpec) -> int:
+def desired_replicas(spec: LLMDeploymentSpec, budget_hold: bool = False) -> int:
     """Pods the Deployment should run. With autoscaling on the HPA writes spec.replicas
-    through the LLMDeployment's scale subresource, so this is still the one source."""
-    return 0 if spec.suspend else spec.replicas
+    through the LLMDeployment's scale subresource, so this is still the one source.
+    A budget hold (spec.cost.suspendOverBudget, the month's budget spent) gives 0
+    without touching spec.replicas or spec.suspend, so lifting it restores them."""
+    return 0 if spec.suspend or budget_hold else spec.replicas
 
 
 def render_deployment(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: ServerImages = DEFAULT_IMAGES,
+    budget_hold: bool = False,
 ) -> Manifest:
     """The server Deployment."""
     return {
@@ -335,7 +340,7 @@ def render_deployment(
         "kind": "Deployment",
         "metadata": _metadata(owner),
         "spec": {
-            "replicas": desired_replicas(spec),
+            "replicas": desired_replicas(spec, budget_hold),
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector_labels(owner)},
             "strategy": {
@@ -575,11 +580,13 @@ def render_children(
     images: ServerImages = DEFAULT_IMAGES,
     prometheus: PrometheusSource = NO_PROMETHEUS,
     held: bool = False,
+    budget_hold: bool = False,
 ) -> dict[str, Manifest]:
     """Every child the spec wants, by kind. Kinds missing here are to be pruned.
-    ``prometheus``: the operator's defaults for KEDA; ``held``: jobs hold it up."""
+    ``prometheus``: the operator's defaults for KEDA; ``held``: jobs hold a pod up;
+    ``budget_hold``: the budget holds the pods at zero."""
     children = {
-        "Deployment": render_deployment(owner, spec, images),
+        "Deployment": render_deployment(owner, spec, images, budget_hold),
         "Service": render_service(owner, spec),
     }
     if spec.autoscaling.enabled and spec.autoscaling.autoscaler == Autoscaler.HPA:

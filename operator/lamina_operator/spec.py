@@ -20,6 +20,7 @@ PLURAL = "llmdeployments"
 SINGULAR = "llmdeployment"
 SHORT_NAMES = ["llmd"]
 CATEGORIES = ["lamina"]
+HISTORY_MONTHS = 12  # finished months kept in status.cost.history
 
 # An int (4) or a string ("25%", "500m", "16Gi"), as Kubernetes' IntOrString.
 IntOrString = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
@@ -541,6 +542,53 @@ class DisruptionBudgetSpec(ApiModel):
         return self
 
 
+class CostSpec(ApiModel):
+    """What the deployment's accelerators cost, and the monthly budget they must fit in."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.suspendOverBudget || has(self.monthlyBudget)",
+                    "cost.suspendOverBudget needs cost.monthlyBudget",
+                )
+            ]
+        }
+    )
+
+    price_per_hour: float = Field(
+        ge=0,
+        le=1_000_000,
+        description="Price of one accelerator-hour: per GPU-hour when resources.useGPU is true "
+        "(a pod with tensor × pipeline GPUs costs that many times this per hour), per "
+        "pod-hour on CPU. 0 counts hours only.",
+    )
+    currency: str = Field(
+        default="USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of the prices and the budget (e.g. USD, EUR).",
+    )
+    monthly_budget: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000_000_000,
+        description="What one calendar month (UTC) may cost. BudgetWarning turns true when "
+        "the month's projected cost reaches 80 % of it, BudgetExceeded at 100 %.",
+    )
+    suspend_over_budget: bool = Field(
+        default=False,
+        description="Scale the pods to zero once the month's cost reaches monthlyBudget, "
+        "until it allows again (next month, or a higher budget). spec.replicas and "
+        "spec.suspend are left as they are.",
+    )
+
+    @model_validator(mode="after")
+    def _suspend_needs_budget(self) -> CostSpec:
+        if self.suspend_over_budget and self.monthly_budget is None:
+            raise ValueError("cost.suspendOverBudget needs cost.monthlyBudget")
+        return self
+
+
 # The images `make image` builds (operator/Dockerfile, server/Dockerfile{,.cpu}); the
 # operator's --server-image/--server-image-cpu (chart: serverImage) override.
 DEFAULT_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0"
@@ -607,6 +655,11 @@ class LLMDeploymentSpec(ApiModel):
         default=False,
         description="Scale to zero pods and keep everything else (Service, HPA, settings).",
     )
+    cost: CostSpec | None = Field(
+        default=None,
+        description="Price and monthly budget: the operator keeps accelerator-hours and cost "
+        "in status.cost. Unset: no accounting.",
+    )
 
     @model_validator(mode="after")
     def _parallelism_needs_gpus(self) -> LLMDeploymentSpec:
@@ -628,7 +681,9 @@ class LLMDeploymentSpec(ApiModel):
 class Condition(ApiModel):
     """A standard Kubernetes condition."""
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded; BudgetWarning and BudgetExceeded with a budget."
+    )
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word for machines.")
     message: str = Field(description="A sentence for people.")
@@ -642,6 +697,59 @@ class ModelFacts(ApiModel):
     num_layers: int | None = Field(default=None, description="Decoder layers.")
     hidden_size: int | None = Field(default=None, description="Hidden size.")
     source: str | None = Field(default=None, description="Where these facts come from.")
+
+
+class LedgerEntry(ApiModel):
+    """One pod's running interval, counted once by its UID."""
+
+    uid: str = Field(description="The pod's UID.")
+    pod: str = Field(description="The pod's name.")
+    accelerators: int = Field(description="GPUs the pod holds (1 per pod on CPU).")
+    start: str = Field(description="When its first container started (RFC 3339).")
+    end: str | None = Field(default=None, description="When it stopped; unset while it runs.")
+
+
+class MonthCost(ApiModel):
+    """A finished calendar month."""
+
+    month: str = Field(description="The month, YYYY-MM (UTC).")
+    accelerator_seconds: int = Field(description="Accelerator-seconds of the month.")
+    accelerator_hours: float = Field(description="The same in hours.")
+    cost: float = Field(description="What the month cost.")
+    currency: str = Field(description="Currency of cost.")
+    budget: float | None = Field(default=None, description="The monthly budget at its end.")
+
+
+class CostStatus(ApiModel):
+    """Accelerator-hours and cost, derived from the pods' running intervals."""
+
+    month: str = Field(description="The current month, YYYY-MM (UTC).")
+    as_of: str = Field(description="The moment the figures describe (RFC 3339).")
+    accelerator: str = Field(
+        description="What the hours are of: the GPU resource name, or `pod` on CPU."
+    )
+    currency: str = Field(description="Currency of the amounts.")
+    price_per_hour: float = Field(description="Price of one accelerator-hour used.")
+    accelerator_seconds: int = Field(description="Accelerator-seconds this month so far.")
+    accelerator_hours: float = Field(description="Accelerator-hours this month so far.")
+    cost: float = Field(description="Cost this month so far.")
+    projected_cost: float = Field(
+        description="This month's cost if the accelerators running now run to its end."
+    )
+    running_accelerators: int = Field(description="Accelerators running at asOf.")
+    budget: float | None = Field(default=None, description="spec.cost.monthlyBudget.")
+    settled_seconds: int = Field(
+        description="Accelerator-seconds this month of pods gone and folded out of the ledger."
+    )
+    ledger: list[LedgerEntry] = Field(
+        default_factory=list,
+        description="This month's pods not yet settled: running, or stopped recently.",
+    )
+    history: list[MonthCost] = Field(
+        default_factory=list,
+        max_length=HISTORY_MONTHS,
+        description=f"Previous months, newest first (at most {HISTORY_MONTHS}).",
+    )
 
 
 class LLMDeploymentStatus(ApiModel):
@@ -659,6 +767,9 @@ class LLMDeploymentStatus(ApiModel):
     )
     endpoint: str | None = Field(default=None, description="In-cluster URL of the Service.")
     model: ModelFacts | None = Field(default=None, description="Model facts when known.")
+    cost: CostStatus | None = Field(
+        default=None, description="Accelerator-hours and cost, when spec.cost is set."
+    )
 
 
 class LLMDeployment(ApiModel):

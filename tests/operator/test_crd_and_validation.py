@@ -69,6 +69,12 @@ def test_every_typed_field_is_in_the_crd() -> None:
         ("x" * 53, {"model": {"name": "m"}}, "at most 52 characters"),
         ("x", {"model": {"name": "m"}, "replicas": -1}, "spec.replicas"),
         ("x", {"model": {"name": "m"}, "surprise": 1}, "spec.surprise: Extra inputs"),
+        (
+            "x",
+            {"model": {"name": "m"}, "cost": {"pricePerHour": 2, "suspendOverBudget": True}},
+            "cost.suspendOverBudget needs cost.monthlyBudget",
+        ),
+        ("x", {"model": {"name": "m"}, "cost": {"pricePerHour": -1}}, "spec.cost.pricePerHour"),
     ],
 )
 def test_invalid_specs_say_what_to_change(name: str, spec: dict[str, Any], message: str) -> None:

@@ -62,6 +62,8 @@ SPECS: dict[str, dict[str, Any]] = {
         "modelCache": {"persistentVolumeClaim": "model-cache"},
         "probes": {"startupTimeoutSeconds": 3600, "periodSeconds": 15},
         "service": {"annotations": {"example.com/team": "research"}},
+        # Prices change no child: only a budget hold does (below).
+        "cost": {"pricePerHour": 2.5, "monthlyBudget": 5000, "suspendOverBudget": True},
     },
     "hpa-autoscaled": {
         "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
@@ -91,6 +93,15 @@ def test_children_match_golden_files(name: str) -> None:
     if os.environ.get("LAMINA_UPDATE_GOLDEN") == "1":
         golden.write_text(rendered)
     assert rendered == golden.read_text(), "re-run with LAMINA_UPDATE_GOLDEN=1 to accept"
+
+
+def test_a_budget_hold_renders_zero_pods_and_changes_nothing_else() -> None:
+    spec = _spec("tp4-autoscaled")
+    free, held = render_children(OWNER, spec), render_children(OWNER, spec, budget_hold=True)
+    assert held["Deployment"]["spec"]["replicas"] == 0
+    held["Deployment"]["spec"]["replicas"] = free["Deployment"]["spec"]["replicas"]
+    assert held == free
+    assert spec.replicas == 1  # the spec (and the HPA's scale subresource) is left alone
 
 
 def test_rendering_is_deterministic() -> None:

@@ -60,7 +60,8 @@ Application rules: what reconciling an LLMDeployment needs.
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, list, watch, create, patch, delete]
-# Server pods, read-only: why they restart (OOM, a failed start) goes into status.
+# Server pods, read-only: why they restart (OOM, a failed start) goes into status,
+# and their running time into status.cost.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
