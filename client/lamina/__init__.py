@@ -7,11 +7,16 @@
 
 ``lamina.for_deployment("my-llm", "team-ns")`` reaches an LLMDeployment by name
 (through ``kubectl port-forward`` from outside the cluster).
+``lamina.fit_alignment(source, target, prompts)`` fits a W-Matrix between two models.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
+from .align import AlignmentError
+from .align_map import AlignmentMap, MapFileError
+from .align_sources import Deployment
+from .alignment import AlignmentResult, fit_alignment
 from .batching import ServerInfo
 from .client import AsyncClient, Client
 from .deployment import async_for_deployment, for_deployment
@@ -28,11 +33,16 @@ from .errors import (
 )
 
 __all__ = [
+    "AlignmentError",
+    "AlignmentMap",
+    "AlignmentResult",
     "AsyncClient",
     "BadRequest",
     "Client",
     "ConnectionFailed",
+    "Deployment",
     "LaminaError",
+    "MapFileError",
     "NotFound",
     "Overloaded",
     "ServerError",
@@ -42,5 +52,6 @@ __all__ = [
     "Unavailable",
     "__version__",
     "async_for_deployment",
+    "fit_alignment",
     "for_deployment",
 ]
