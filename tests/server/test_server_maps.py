@@ -13,12 +13,13 @@ import pytest
 import safetensors.numpy
 from fake_engine import FakeEngine, make_client
 from lamina.align_map import AlignmentMap, MapFacts, Side
+from lamina.wire import Pooling
 from lamina_server.config import parse_command_line
 from lamina_server.maps import LoadedMap, MapError, check_against_model, read_map, read_maps
 from lamina_server.protocol import MappedHiddenStatesResponse
 
 
-def client_map(path: Path, layers: tuple[int, ...] = (-2, 0), pooling: str = "mean") -> Path:
+def client_map(path: Path, layers: tuple[int, ...] = (-2, 0), pooling: Pooling = "mean") -> Path:
     """A map as ``lamina align fit`` writes it: the fake engine's layers -> 3 values."""
     rng = np.random.default_rng(0)
     dx, dy = 8 * len(layers), 3
@@ -29,7 +30,7 @@ def client_map(path: Path, layers: tuple[int, ...] = (-2, 0), pooling: str = "me
     facts = MapFacts(
         source=Side("fake", "", layers, 8),
         target=Side("other/model", "r1", (-1,), dy),
-        pooling=pooling,  # type: ignore[arg-type]
+        pooling=pooling,
         method="ridge",
         center=True,
         scale="global",
