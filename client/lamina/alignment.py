@@ -114,8 +114,10 @@ class AlignmentResult:
         lines.append(header)
         for row in a.rows:
             m = row.metrics
+            # A near-perfect fit's epsilon would print as 0.0000.
+            epsilon = f"{m.epsilon:.1e}" if 0 < m.epsilon < 1e-3 else f"{m.epsilon:.4f}"
             lines.append(
-                f"{row.name:<18}{m.epsilon:>9.4f}{m.orthogonality:>15.3f}{m.cosine:>9.4f}"
+                f"{row.name:<18}{epsilon:>9}{m.orthogonality:>15.3f}{m.cosine:>9.4f}"
                 f"{m.r2:>9.4f}{m.top1:>8.1%}{m.top5:>8.1%}"
             )
         lines.append(f"{'chance':<18}{'':>42}{a.chance_top1:>8.1%}{a.chance_top5:>8.1%}")
