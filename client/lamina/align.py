@@ -109,18 +109,26 @@ class Spectrum:
     v: F64  # [d, r]
 
 
+def gram_spectrum(gram: F64, n: int) -> Spectrum:
+    """``s²`` and ``V`` of an ``n``-row ``X`` from its Gram matrix ``XᵀX``: one d × d
+    eigendecomposition, far cheaper than an SVD of a tall ``X`` (see ``bench/align``);
+    in float64 the squared condition number does not matter for ridge."""
+    s2, v = np.linalg.eigh(gram)
+    return _nonzero(s2, v, max(n, len(gram)))
+
+
 def spectrum(x: F64) -> Spectrum:
-    """``s²`` and ``V`` of ``x``. For ``n ≥ d`` from the eigendecomposition of ``XᵀX``
-    (d × d: far cheaper than an SVD of the tall ``X``, see ``bench/align``; float64
-    keeps the squared condition number harmless for ridge), else from the thin SVD."""
+    """``s²`` and ``V`` of ``x``: :func:`gram_spectrum` for ``n ≥ d``, else the thin SVD."""
     n, d = x.shape
     if n >= d:
-        s2, v = np.linalg.eigh(x.T @ x)
-    else:
-        _, s, vt = np.linalg.svd(x, full_matrices=False)
-        s2, v = s * s, vt.T
+        return gram_spectrum(x.T @ x, n)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    return _nonzero(s * s, vt.T, d)
+
+
+def _nonzero(s2: F64, v: F64, size: int) -> Spectrum:
     top = float(s2.max()) if s2.size else 0.0
-    keep = s2 > top * max(n, d) * np.finfo(np.float64).eps
+    keep = s2 > top * size * np.finfo(np.float64).eps
     return Spectrum(s2[keep], v[:, keep])
 
 
@@ -145,26 +153,62 @@ def assign_folds(groups: Ints, folds: int, seed: int) -> Ints:
     return result
 
 
-def cv_errors(x: F64, ys: Sequence[F64], fold_of_row: Ints, lambdas: F64) -> F64:
+@dataclass(frozen=True)
+class Products:
+    """``XᵀX`` and each ``XᵀY`` over all rows of tall data: a fold's are these minus its
+    held-out rows' (no fold copies its training rows)."""
+
+    gram: F64
+    crosses: list[F64]
+
+
+def products(x: F64, ys: Sequence[F64]) -> Products | None:
+    """:class:`Products` when ``x`` has at least as many rows as columns, else None."""
+    if len(x) < x.shape[1]:
+        return None
+    return Products(x.T @ x, [x.T @ y for y in ys])
+
+
+def training_parts(
+    x: F64, ys: Sequence[F64], held: npt.NDArray[np.bool_], given: Products | None
+) -> tuple[Spectrum, list[F64]]:
+    """The :class:`Spectrum` of the rows not ``held`` and ``Z = VᵀXₜᵀY`` for each ``y``."""
+    train_rows = len(x) - int(held.sum())
+    if given is not None and train_rows >= x.shape[1]:
+        if not held.any():
+            spec = gram_spectrum(given.gram, train_rows)
+            return spec, [spec.v.T @ c for c in given.crosses]
+        xh = x[held]
+        spec = gram_spectrum(given.gram - xh.T @ xh, train_rows)
+        return spec, [
+            spec.v.T @ (c - xh.T @ y[held]) for c, y in zip(given.crosses, ys, strict=True)
+        ]
+    xt = x[~held]
+    spec = spectrum(xt)
+    return spec, [spec.v.T @ (xt.T @ y[~held]) for y in ys]
+
+
+def cv_errors(
+    x: F64, ys: Sequence[F64], fold_of_row: Ints, lambdas: F64, given: Products | None = None
+) -> F64:
     """Relative cross-validated error ``Σ‖XᵥW_λ − Yᵥ‖² / Σ‖Yᵥ‖²`` of each ``y`` in ``ys``
     (rows) for each λ (columns).
 
-    Per fold one :func:`spectrum` of the training rows; with ``A = XᵥV``,
-    ``Z = VᵀXₜᵀYₜ`` and ``g = 1/(s² + λ)`` the held-out error is
+    Per fold one decomposition of the training rows (:func:`training_parts`); with
+    ``A = XᵥV``, ``Z = VᵀXₜᵀYₜ`` and ``g = 1/(s² + λ)`` the held-out error is
     ``gᵀ(AᵀA ∘ ZZᵀ)g − 2gᵀ rowsum(AᵀYᵥ ∘ Z) + ‖Yᵥ‖²``: O(r²) per λ after the fold's
     products, instead of a prediction per λ.
     """
     errors = np.zeros((len(ys), len(lambdas)))
     totals = np.zeros(len(ys))
     for f in np.unique(fold_of_row):
-        train, held = fold_of_row != f, fold_of_row == f
-        spec = spectrum(x[train])
+        held = fold_of_row == f
+        spec, zs = training_parts(x, ys, held, given)
         a = x[held] @ spec.v
         ata = a.T @ a
         g = 1.0 / (spec.s2[None, :] + lambdas[:, None])  # [λ, r]
-        for k, y in enumerate(ys):
-            z = spec.v.T @ (x[train].T @ y[train])
-            quadratic = np.einsum("lr,rs,ls->l", g, ata * (z @ z.T), g)
+        for k, (y, z) in enumerate(zip(ys, zs, strict=True)):
+            quadratic = np.sum((g @ (ata * (z @ z.T))) * g, axis=1)
             linear = g @ np.einsum("ij,ij->i", a.T @ y[held], z)
             const = float(np.sum(y[held] * y[held]))
             # Rounding can push a near-perfect fit's error below zero.
@@ -188,13 +232,13 @@ def fit_ridge(
     """Ridge maps from ``x`` to each of ``ys``, λ chosen by ``folds``-fold CV (folds by
     group); the decompositions of ``x`` are shared by every ``y``."""
     lambdas = lambda_grid(x, relative)
-    errors = cv_errors(x, ys, assign_folds(groups, folds, seed), lambdas)
-    spec = spectrum(x)
+    given = products(x, ys)
+    errors = cv_errors(x, ys, assign_folds(groups, folds, seed), lambdas, given)
+    spec, zs = training_parts(x, ys, np.zeros(len(x), dtype=bool), given)
     fits = []
-    for y, err in zip(ys, errors, strict=True):
+    for z, err in zip(zs, errors, strict=True):
         # The last of equal minima: the most regularised of equally good maps.
         best = len(err) - 1 - int(np.argmin(err[::-1]))
-        z = spec.v.T @ (x.T @ y)
         fits.append(
             RidgeFit(
                 core=ridge_weight(spec, z, float(lambdas[best])),

@@ -127,6 +127,9 @@ def test_cross_validated_errors_equal_fitting_each_fold_and_lambda() -> None:
     folds = A.assign_folds(np.arange(60), 5, seed=0)
     lambdas = A.lambda_grid(x, [1e-3, 1e-1, 10.0])
     got = A.cv_errors(x, [y], folds, lambdas)[0]
+    # The same from all rows' XᵀX and XᵀY minus each fold's (no training-row copies).
+    from_products = A.cv_errors(x, [y], folds, lambdas, A.products(x, [y]))[0]
+    np.testing.assert_allclose(from_products, got, rtol=1e-9)
     want = []
     for lam in lambdas:
         squared = 0.0
