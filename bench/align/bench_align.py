@@ -102,6 +102,7 @@ def child(case: str, data: Path) -> None:
     started = time.perf_counter()
     weight = _run(case, x, y)
     seconds = time.perf_counter() - started
+    load = os.getloadavg()[0]  # other work on the machine slows every case down
     peak = _status_kib("VmHWM")
     error = float(np.linalg.norm(weight - rotation) / np.linalg.norm(rotation))
     print(
@@ -112,6 +113,7 @@ def child(case: str, data: Path) -> None:
                 "peak_mib": max(0, peak - inputs) / 1024,
                 "peak_exact": exact,
                 "error": error,
+                "load": load,
             }
         )
     )
@@ -162,9 +164,15 @@ def main() -> None:
                 raise SystemExit(f"{case} failed:\n{proc.stderr}")
             results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[case]
-            print(f"  {CASES[case]}: {r['seconds']:.1f} s, {r['peak_mib']:.0f} MiB", flush=True)
+            print(
+                f"  {CASES[case]}: {r['seconds']:.1f} s, {r['peak_mib']:.0f} MiB "
+                f"(load average {r['load']:.1f})",
+                flush=True,
+            )
     print()
-    head = f"| {'fit':44} | {'time s':>7} | {'peak MiB':>8} | {'‖W − R‖/‖R‖':>11} | vs numpy |"
+    head = (
+        f"| {'fit':44} | {'time s':>7} | {'peak MiB':>8} | {'‖W − R‖/‖R‖':>11} | vs numpy | load |"
+    )
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
     for case, r in results.items():
@@ -172,7 +180,7 @@ def main() -> None:
         ratio = f"{r['seconds'] / base['seconds']:7.2f}x" if base else " " * 8
         print(
             f"| {CASES[case]:44} | {r['seconds']:7.1f} | {r['peak_mib']:8.0f} "
-            f"| {r['error']:11.2e} | {ratio} |"
+            f"| {r['error']:11.2e} | {ratio} | {r['load']:4.1f} |"
         )
     if not all(r["peak_exact"] for r in results.values()):
         print("(peak memory from ru_maxrss: includes loading the inputs)")

@@ -61,7 +61,9 @@ class Standardizer:
     scale: F64
 
     def forward(self, v: F64) -> F64:
-        return (v - self.mean) / self.scale
+        out = v - self.mean
+        out /= self.scale  # in place: hidden-state matrices are large
+        return out
 
 
 def fit_standardizer(v: F64, center: bool, scaling: Scaling) -> Standardizer:
@@ -208,7 +210,9 @@ def cv_errors(
         ata = a.T @ a
         g = 1.0 / (spec.s2[None, :] + lambdas[:, None])  # [λ, r]
         for k, (y, z) in enumerate(zip(ys, zs, strict=True)):
-            quadratic = np.sum((g @ (ata * (z @ z.T))) * g, axis=1)
+            gram_z = z @ z.T
+            gram_z *= ata  # in place: one r × r temporary, not two
+            quadratic = np.sum((g @ gram_z) * g, axis=1)
             linear = g @ np.einsum("ij,ij->i", a.T @ y[held], z)
             const = float(np.sum(y[held] * y[held]))
             # Rounding can push a near-perfect fit's error below zero.
