@@ -9,11 +9,16 @@
 (through ``kubectl port-forward`` from outside the cluster);
 ``with lamina.running("my-llm", "team-ns") as client:`` also starts it if it is
 suspended or at zero replicas, and puts it back after.
+``lamina.fit_alignment(source, target, prompts)`` fits a W-Matrix between two models.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
+from .align import AlignmentError
+from .align_map import AlignmentMap, MapFileError
+from .align_sources import Deployment
+from .alignment import AlignmentResult, fit_alignment
 from .batching import ServerInfo
 from .client import AsyncClient, Client
 from .deployment import async_for_deployment, for_deployment
@@ -31,11 +36,16 @@ from .errors import (
 from .startstop import running
 
 __all__ = [
+    "AlignmentError",
+    "AlignmentMap",
+    "AlignmentResult",
     "AsyncClient",
     "BadRequest",
     "Client",
     "ConnectionFailed",
+    "Deployment",
     "LaminaError",
+    "MapFileError",
     "NotFound",
     "Overloaded",
     "ServerError",
@@ -45,6 +55,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "async_for_deployment",
+    "fit_alignment",
     "for_deployment",
     "running",
 ]
