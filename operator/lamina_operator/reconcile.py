@@ -332,4 +332,6 @@ def _announce(before: Mapping[str, Any], after: Mapping[str, Any], post_event: P
     elif new.get("status") == "True" and old.get("status") != "True":
         post_event("Normal", "Ready", str(new.get("message")))
     elif old.get("status") == "True" and new.get("status") != "True":
-        post_event("Warning", str(new.get("reason")), str(new.get("message")))
+        # Stopping on purpose (suspended, idle) is news, not trouble.
+        kind = "Normal" if new.get("reason") in ("Suspended", "ScaledToZero") else "Warning"
+        post_event(kind, str(new.get("reason")), str(new.get("message")))
