@@ -532,7 +532,7 @@ def _fit_and_report(x: F64, y: F64, groups: Ints, options: Options) -> Alignment
         explained = 1.0 - min(error for _, error in ridge.cv)
         if explained < 0.05:
             notes.append(
-                f"in cross-validation the map explains {explained:.1%} of the target's "
+                f"in cross-validation the map explains {max(explained, 0.0):.1%} of the target's "
                 "variation: the source barely predicts the target"
             )
     return Alignment(
