@@ -489,9 +489,11 @@ def align(
 
 def _fit_and_report(x: F64, y: F64, groups: Ints, options: Options) -> Alignment:
     train, test = holdout_split(groups, options.holdout, options.folds, options.seed)
-    source = fit_standardizer(x[train], options.center, options.scale)
-    target = fit_standardizer(y[train], options.center, options.scale)
-    xt, yt = source.forward(x[train]), target.forward(y[train])
+    x_train, y_train = x[train], y[train]
+    source = fit_standardizer(x_train, options.center, options.scale)
+    target = fit_standardizer(y_train, options.center, options.scale)
+    xt, yt = source.forward(x_train), target.forward(y_train)
+    del x_train, y_train  # large: the standardised copies replace them
     shuffled = yt[np.random.default_rng(options.seed + 1).permutation(len(yt))]
 
     ridge: RidgeFit | None = None
@@ -515,8 +517,9 @@ def _fit_and_report(x: F64, y: F64, groups: Ints, options: Options) -> Alignment
     if dx == dy:
         cores.append(("identity", np.eye(dx)))
     cores += [("zero map", np.zeros((dx, dy))), ("shuffled pairs", core_shuffled)]
+    x_test, y_test = x[test], y[test]
     rows = tuple(
-        Row(name, evaluate(fold(c, source, target).apply(x[test]), y[test], c)) for name, c in cores
+        Row(name, evaluate(fold(c, source, target).apply(x_test), y_test, c)) for name, c in cores
     )
     train_anchors = len(np.unique(groups[train]))
     notes = []
@@ -529,7 +532,7 @@ def _fit_and_report(x: F64, y: F64, groups: Ints, options: Options) -> Alignment
         explained = 1.0 - min(error for _, error in ridge.cv)
         if explained < 0.05:
             notes.append(
-                f"in cross-validation the map explains {explained:.1%} of the target's "
+                f"in cross-validation the map explains {max(explained, 0.0):.1%} of the target's "
                 "variation: the source barely predicts the target"
             )
     return Alignment(

@@ -18,6 +18,7 @@ import pytest
 from client_fake_server import F32, FakeServer
 from lamina.align_sources import Deployment, parse_source
 from lamina.cli import main
+from safetensors.numpy import load_file
 
 SOURCE, TARGET = "http://source.test", "http://target.test"
 
@@ -189,6 +190,15 @@ def test_pooling_all_pairs_tokens_and_keeps_prompts_whole(
     assert first == (
         "anchors: 30 prompts, 24 to fit, 6 held out (seed 0); pooling all; 144 + 36 token rows"
     )
+    # Saved per-token vectors map to per-token target vectors, prompt by prompt.
+    new = ["one two", "three four five"]
+    states, mapped = tmp_path / "new.safetensors", tmp_path / "mapped.safetensors"
+    argv = ["--pooling", "all", *new, "-o", str(states)]
+    assert run(source, target, "hidden-states", "--url", SOURCE, *argv) == 0
+    assert run(source, target, "align", "apply", str(out), str(states), "-o", str(mapped)) == 0
+    got = load_file(mapped)
+    assert sorted(got) == ["prompt.0.mapped", "prompt.1.mapped"]
+    np.testing.assert_allclose(got["prompt.1.mapped"], target.states(new[1], -2), atol=1e-4)
 
 
 def test_the_python_api_takes_clients_and_arrays(source: FakeServer, target: RotatedFake) -> None:

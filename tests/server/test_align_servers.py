@@ -17,6 +17,8 @@ stops before the mapped one starts (its answers are kept for the comparison).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from lamina.cli import main
 from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from rotated_model import F64, random_rotation, rotated_copy
 from safetensors.numpy import save_file
-from server_helpers import SERVER_FLAGS, Reference, Server
+from server_helpers import SERVER_FLAGS, Reference, Server, server_env
 
 pytestmark = pytest.mark.vllm
 
@@ -218,3 +220,21 @@ def test_unrelated_models_map_no_better_than_the_baselines(
     assert fitted["r2"] <= zero["r2"] + 0.02  # ...beyond what its mean does
     assert fitted["cosine"] <= zero["cosine"] + 0.02
     assert any("barely predicts" in note for note in report["notes"])
+
+
+def test_a_map_that_cannot_be_read_stops_the_server_before_the_model_loads(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.safetensors"
+    model = str(tiny_models["llama"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "lamina_server", "--model", model, "--map", f"to-qwen={missing}"],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert f"lamina_server: cannot read map 'to-qwen' ({missing})" in proc.stderr
+    assert "Loading" not in proc.stderr  # no engine was started
