@@ -170,13 +170,17 @@ def idle_window(llmd: Mapping[str, Any]) -> datetime.timedelta | None:
     return datetime.timedelta(seconds=int(auto.get("scaleToZeroAfterSeconds", 300)))
 
 
-def up(llmd: Mapping[str, Any], holder: str, now: datetime.datetime) -> Patch:
+def up(llmd: Mapping[str, Any], holder: str, now: datetime.datetime, *, ready: bool) -> Patch:
     """``lamina up``: serve, and stay up after running jobs end. A deployment that
-    scales to zero also gets a lease of one idle window (``up/<holder>``): the
-    autoscaler would otherwise take the pod away again before anyone used it."""
+    scales to zero also gets a lease (``up/<holder>``): the autoscaler would otherwise
+    take the pod away again before anyone used it. It lasts one idle window from when
+    the pod is ``ready``; until then, also the time a pod may take to start."""
     annotations: dict[str, Any] = {RESTORE: None}
     window = idle_window(llmd)
     if window is not None:
+        if not ready:
+            probes = _spec(llmd).get("probes") or {}
+            window += datetime.timedelta(seconds=int(probes.get("startupTimeoutSeconds", 1800)))
         live = live_leases(usage_of(llmd), now)
         annotations[LEASES] = _leases_text({**live, UP_PREFIX + holder: now + window})
     return _patch(llmd, up_fields(llmd), annotations)

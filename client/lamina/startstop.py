@@ -114,9 +114,11 @@ def up(
 ) -> None:
     """Un-suspend (and scale from zero to one); it stays up after running jobs end."""
     holder = holder_id()
-    deployment.update(lambda llmd: leases.up(llmd, holder, deployment.now()))
+    deployment.update(lambda llmd: leases.up(llmd, holder, deployment.now(), ready=False))
     if wait:
         deployment.wait_ready(timeout)
+        # Ready: one idle window from now, no longer the start-up allowance.
+        deployment.update(lambda llmd: leases.up(llmd, holder, deployment.now(), ready=True))
 
 
 def down(deployment: Deployment, *, force: bool = False) -> None:

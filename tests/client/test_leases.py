@@ -89,7 +89,7 @@ def test_down_refuses_while_a_job_holds_it_and_names_the_job() -> None:
 def test_up_by_hand_outlives_the_jobs() -> None:
     start = llmd()
     held = applied(start, leases.acquire(start, "a", T0, TTL))
-    manual = applied(held, leases.up(held, "me", T0))
+    manual = applied(held, leases.up(held, "me", T0, ready=False))
     assert applied(manual, leases.release(manual, "a", T0))["spec"]["suspend"] is False
 
 
@@ -145,8 +145,14 @@ def test_up_on_a_deployment_that_scales_to_zero_keeps_a_pod_for_one_idle_window(
         "minReplicas": 0,
         "scaleToZeroAfterSeconds": 600,
     }
-    woken = applied(idle, leases.up(idle, "me", T0))
-    assert woken["spec"]["replicas"] == 1
+    idle["spec"]["probes"] = {"startupTimeoutSeconds": 900}
+    # While the pod starts, the lease also covers the time it may take to start ...
+    starting = applied(idle, leases.up(idle, "me", T0, ready=False))
+    assert starting["spec"]["replicas"] == 1
+    until = T0 + datetime.timedelta(seconds=1500)
+    assert leases.usage_of(starting).leases == {"up/me": until}
+    # ... and once it is ready, one idle window from then.
+    woken = applied(starting, leases.up(starting, "me", T0, ready=True))
     assert leases.usage_of(woken).leases == {"up/me": T0 + datetime.timedelta(seconds=600)}
     # The operator keeps the autoscaler's minimum at one pod meanwhile ...
     assert operator_leases.held(woken["metadata"], T0 + datetime.timedelta(seconds=599))
@@ -154,4 +160,4 @@ def test_up_on_a_deployment_that_scales_to_zero_keeps_a_pod_for_one_idle_window(
     # ... and `down` is not refused by an `up`.
     assert applied(woken, leases.down(woken, T0, force=False))["spec"]["suspend"] is True
     # Without scale to zero, `up` takes no lease.
-    assert leases.LEASES not in leases.up(llmd(), "me", T0)["metadata"]["annotations"]
+    assert leases.LEASES not in leases.up(llmd(), "me", T0, ready=True)["metadata"]["annotations"]
