@@ -188,6 +188,9 @@ down() {
 	mkdir -p "$state"
 	exec 9>"$state/.lock-$name"
 	flock 9
+	if [[ $name == lamina ]]; then
+		"$here/keda.sh" down # the autoscaling flavour's processes, if it ran
+	fi
 	if ((real_node)); then
 		log "stopping the real node"
 		node_ down

@@ -6,6 +6,8 @@
 # Usage: hack/images.sh build [IMAGE...]   build (cached by content; default: all)
 #        hack/images.sh load [IMAGE...]    build, then import into the node's
 #                                          containerd what it does not have yet
+#        hack/images.sh prune              drop images a newer import replaced
+#                                          (load does it after importing)
 #        hack/images.sh list               the image references, one a line
 #        hack/images.sh ref IMAGE          the reference of one image
 # IMAGE is one of: pause, operator, server-cpu.
@@ -158,6 +160,20 @@ load() {
 			"lamina.dev/image-id=$id" >/dev/null
 		log "$name: imported into the node's containerd in $((SECONDS - t0))s"
 	done
+	prune_replaced
+}
+
+# containerd's CRI plugin also names every image by its id (sha256:...); when a newer
+# build takes the name, that second ref keeps the old image (GBs) alive forever, and the
+# node ends up tainted with disk pressure. Drop id refs whose image no name points at.
+prune_replaced() {
+	local named ref digest
+	named="$("$here/node.sh" ctr images ls 2>/dev/null | awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}')"
+	"$here/node.sh" ctr images ls 2>/dev/null | awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' |
+		while read -r ref digest; do
+			grep -qxF "$digest" <<<"$named" && continue
+			"$here/node.sh" ctr images rm "$ref" >/dev/null && log "removed replaced image $ref"
+		done
 }
 
 names() { # names [IMAGE...]: validated names, all when none given
@@ -180,6 +196,7 @@ load)
 	build "$@"
 	load "$@"
 	;;
+prune) prune_replaced ;;
 list) for n in "${all[@]}"; do echo "${refs[$n]}"; done ;;
 ref)
 	names "${1:?usage: images.sh ref IMAGE}" >/dev/null

@@ -47,39 +47,7 @@ cluster_pki() { echo "${LAMINA_CLUSTER_PKI:?LAMINA_CLUSTER_PKI (set by hack/clus
 cluster_kubeconfig() { echo "${LAMINA_CLUSTER_KUBECONFIG:?LAMINA_CLUSTER_KUBECONFIG (set by hack/cluster.sh)}"; }
 
 # ----------------------------------------------------------------- processes
-pid_alive() { [[ -s $run/$1.pid ]] && kill -0 "$(<"$run/$1.pid")" 2>/dev/null; }
-
-start() { # start NAME CMD...: a daemon in its own session, log in $state/logs
-	local name="$1"
-	shift
-	mkdir -p "$state/logs"
-	setsid "$@" >"$state/logs/$name.log" 2>&1 </dev/null 9>&- &
-	echo $! >"$run/$name.pid"
-}
-
-daemon_pids() { # daemon_pids NAME: its pid file's and any other process of its binary
-	{
-		[[ -s $run/$1.pid ]] && cat "$run/$1.pid"
-		pgrep -f "$(bin_dir)/$1( |$)" || true
-	} | sort -u
-}
-
-stop() { # stop NAME: TERM, then KILL after 10 s
-	local pids
-	pids="$(daemon_pids "$1" | tr '\n' ' ')"
-	rm -f "$run/$1.pid"
-	[[ -n ${pids// /} ]] || return 0
-	# shellcheck disable=SC2086
-	kill -TERM $pids 2>/dev/null || true
-	local p
-	for _ in $(seq 50); do
-		pids="$(for p in $pids; do if kill -0 "$p" 2>/dev/null; then echo "$p"; fi; done)"
-		[[ -n $pids ]] || return 0
-		sleep 0.2
-	done
-	# shellcheck disable=SC2086
-	kill -KILL $pids 2>/dev/null || true
-}
+daemon_binary() { echo "$(bin_dir)/$1"; } # for lib.sh's daemon_pids
 
 # ------------------------------------------------------------------- network
 net_up() {

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
+import yaml
 from kube_cluster import REPO, Cluster, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,7 +49,7 @@ class OperatorProcess:
     metrics_port: int
     log: Path
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, /, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -96,4 +99,33 @@ def start_operator(namespace: str, env: Mapping[str, str], log: Path) -> Operato
     return OperatorProcess(process, metrics, log)
 
 
-StartOperator = Callable[[str], OperatorProcess]
+class StartOperator(Protocol):
+    """Starts the operator for one namespace; `env` adds to its environment (e.g.
+    LAMINA_COST_REFRESH_SECONDS)."""
+
+    def __call__(self, namespace: str, env: Mapping[str, str] | None = None) -> OperatorProcess: ...
+
+
+# -- LLMDeployments through kubectl, as a user reads them ---------------------------
+
+
+def llmd(name: str, **spec: Any) -> str:
+    body = {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}, **spec}
+    return yaml.safe_dump(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": body,
+        }
+    )
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> Any:
+    proc = cluster.kubectl("-n", namespace, "get", *what, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == kind), {})

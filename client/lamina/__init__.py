@@ -6,12 +6,19 @@
 >>> states.shape  # [prompts, layers, hidden]
 
 ``lamina.for_deployment("my-llm", "team-ns")`` reaches an LLMDeployment by name
-(through ``kubectl port-forward`` from outside the cluster).
+(through ``kubectl port-forward`` from outside the cluster);
+``with lamina.running("my-llm", "team-ns") as client:`` also starts it if it is
+suspended or at zero replicas, and puts it back after.
+``lamina.fit_alignment(source, target, prompts)`` fits a W-Matrix between two models.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
+from .align import AlignmentError
+from .align_map import AlignmentMap, MapFileError
+from .align_sources import Deployment
+from .alignment import AlignmentResult, fit_alignment
 from .batching import ServerInfo
 from .client import AsyncClient, Client
 from .deployment import async_for_deployment, for_deployment
@@ -26,13 +33,19 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .startstop import running
 
 __all__ = [
+    "AlignmentError",
+    "AlignmentMap",
+    "AlignmentResult",
     "AsyncClient",
     "BadRequest",
     "Client",
     "ConnectionFailed",
+    "Deployment",
     "LaminaError",
+    "MapFileError",
     "NotFound",
     "Overloaded",
     "ServerError",
@@ -42,5 +55,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "async_for_deployment",
+    "fit_alignment",
     "for_deployment",
+    "running",
 ]

@@ -9,11 +9,23 @@ the smaller size: what was too big once is likely too big again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_PROMPTS = 64
 BYTES_PER_VALUE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class ServedMap:
+    """An alignment map the server applies (``/health``'s ``maps``)."""
+
+    name: str
+    layers: tuple[int, ...]
+    pooling: str
+    input_size: int
+    output_size: int
+    target_model: str
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class ServerInfo:
     max_prompts: int
     max_tokens: int | None
     max_response_bytes: int | None
+    maps: dict[str, ServedMap] = field(default_factory=dict)
 
 
 def parse_health(health: dict[str, Any]) -> ServerInfo:
@@ -45,6 +58,18 @@ def parse_health(health: dict[str, Any]) -> ServerInfo:
         max_prompts=positive(limits.get("max_prompts_per_request")) or DEFAULT_MAX_PROMPTS,
         max_tokens=positive(limits.get("max_tokens_per_request")),
         max_response_bytes=positive(limits.get("max_response_bytes")),
+        maps={
+            str(m["name"]): ServedMap(
+                name=str(m["name"]),
+                layers=tuple(int(v) for v in m.get("layers", ())),
+                pooling=str(m.get("pooling", "last")),
+                input_size=int(m.get("input_size", 0)),
+                output_size=int(m.get("output_size", 0)),
+                target_model=str(m.get("target_model", "")),
+            )
+            for m in health.get("maps") or []
+            if isinstance(m, dict) and "name" in m
+        },
     )
 
 
@@ -53,10 +78,15 @@ def pooled_bytes(num_prompts: int, num_layers: int, hidden_size: int, dtype: str
     return num_prompts * num_layers * hidden_size * BYTES_PER_VALUE[dtype]
 
 
-def first_batch_size(info: ServerInfo, num_layers: int, pooling: str, dtype: str) -> int:
+def first_batch_size(
+    info: ServerInfo, num_layers: int, pooling: str, dtype: str, width: int | None = None
+) -> int:
+    """Prompts in the first request: ``num_layers`` vectors of ``width`` values (default
+    the hidden size) per prompt must fit the server's byte limit."""
     size = info.max_prompts
-    if pooling != "all" and info.max_response_bytes and info.hidden_size:
-        per_prompt = pooled_bytes(1, num_layers, info.hidden_size, dtype)
+    width = width or info.hidden_size
+    if pooling != "all" and info.max_response_bytes and width:
+        per_prompt = pooled_bytes(1, num_layers, width, dtype)
         size = min(size, info.max_response_bytes // per_prompt)
     return max(1, size)
 

@@ -77,9 +77,30 @@ class _Base:
     ) -> Flow[Result]:
         layers = flow.check_arguments(prompts, layers, pooling, dtype)
         info = yield from self.info_flow()
+        ask = flow.ask_layers(info, layers, pooling)
         return (
             yield from flow.hidden_states(
-                self._retrying, info, prompts, layers, pooling, dtype, binary, progress
+                self._retrying, info, prompts, ask, dtype, binary, progress
+            )
+        )
+
+    def mapped_flow(
+        self,
+        prompts: Sequence[Prompt],
+        name: str,
+        dtype: DType,
+        binary: bool | Literal["auto"],
+        progress: Callable[[int], None] | None,
+    ) -> Flow[Result]:
+        flow.check_arguments(prompts, -1, "last", dtype)
+        info = yield from self.info_flow()
+        if name not in info.maps:  # maps load at start: a restarted server may have new ones
+            self._info = None
+            info = yield from self.info_flow()
+        ask = flow.ask_map(info, name)
+        return (
+            yield from flow.hidden_states(
+                self._retrying, info, prompts, ask, dtype, binary, progress
             )
         )
 
@@ -193,6 +214,21 @@ class Client:
             self._base.hidden_states_flow(prompts, layers, pooling, dtype, binary, progress)
         )
 
+    def mapped_hidden_states(
+        self,
+        prompts: Sequence[Prompt],
+        map: str,
+        *,
+        dtype: DType = "float32",
+        binary: bool | Literal["auto"] = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> Result:
+        """The server's map ``map`` (``--map``, written by ``lamina align fit``) applied to
+        ``prompts``: their vectors in the map's target space, ``[prompts, output]`` (a
+        ``[tokens, output]`` array per prompt for a map fitted with pooling ``all``). The
+        server takes the layers and pooling the map was fitted on."""
+        return self._run(self._base.mapped_flow(prompts, map, dtype, binary, progress))
+
     def close(self) -> None:
         self._http.close()
         self._base.closed()
@@ -287,6 +323,17 @@ class AsyncClient:
         return await self._run(
             self._base.hidden_states_flow(prompts, layers, pooling, dtype, binary, progress)
         )
+
+    async def mapped_hidden_states(
+        self,
+        prompts: Sequence[Prompt],
+        map: str,
+        *,
+        dtype: DType = "float32",
+        binary: bool | Literal["auto"] = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> Result:
+        return await self._run(self._base.mapped_flow(prompts, map, dtype, binary, progress))
 
     async def aclose(self) -> None:
         await self._http.aclose()

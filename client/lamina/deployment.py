@@ -97,11 +97,9 @@ class Kubectl:
             )
         self.prefix = [path, *(["--context", context] if context else [])]
 
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        """The object as JSON; None when it does not exist."""
-        args = ["get", kind, name, "-n", namespace, "-o", "json"]
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
+            return subprocess.run(
                 [*self.prefix, *args],
                 capture_output=True,
                 text=True,
@@ -113,15 +111,43 @@ class Kubectl:
                 f"kubectl {' '.join(args)} did not answer within {KUBECTL_TIMEOUT:g} s",
                 hint="check that the cluster is reachable (kubectl cluster-info)",
             ) from None
+
+    def _failed(self, args: list[str], proc: subprocess.CompletedProcess[str]) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}",
+            hint="check kubectl's context and your access to the namespace",
+        )
+
+    def _json(self, args: list[str]) -> dict[str, Any] | None:
+        """kubectl's JSON answer; None when it says NotFound."""
+        proc = self._run(args)
         if proc.returncode != 0:
             if "(NotFound)" in proc.stderr:
                 return None
-            raise ConnectionFailed(
-                f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}",
-                hint="check kubectl's context and your access to the namespace",
-            )
+            raise self._failed(args, proc)
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """The object as JSON; None when it does not exist."""
+        return self._json(["get", kind, name, "-n", namespace, "-o", "json"])
+
+    def get_all(self, kind: str, namespace: str | None, all_namespaces: bool = False) -> list[Any]:
+        """The objects of a kind: in one namespace (None: kubectl's current one) or all."""
+        scope = ["-A"] if all_namespaces else ["-n", namespace] if namespace else []
+        found = self._json(["get", kind, *scope, "-o", "json"])
+        return list((found or {}).get("items", []))
+
+    def merge_patch(self, kind: str, name: str, namespace: str, patch: Any) -> bool:
+        """Apply a JSON merge patch; False when the API refused it as stale (409: the
+        object changed since it was read; read it again)."""
+        args = ["patch", kind, name, "-n", namespace, "--type", "merge", "-p", json.dumps(patch)]
+        proc = self._run(args)
+        if proc.returncode == 0:
+            return True
+        if "(Conflict)" in proc.stderr:
+            return False
+        raise self._failed(args, proc)
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .batching import ServerInfo, first_batch_size, halve, parse_health
-from .errors import BadRequest, LaminaError, ServerError, TooLarge, from_response
+from .errors import BadRequest, LaminaError, NotFound, ServerError, TooLarge, from_response
 from .retry import RetryPolicy, next_delay
 from .wire import (
     DTYPES,
@@ -151,33 +151,81 @@ def check_arguments(
     return layer_spec
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What each prompt's answer holds and how to ask for it: layers, or a server map."""
+
+    layers: list[int]  # requested ([] when the server's map chooses them)
+    map_name: str | None
+    names: list[str]  # tensors of a safetensors answer, one per "layer" of the answer
+    width: int  # values per name
+    budget: int  # values per prompt the server's byte limit counts
+    pooling: Pooling
+    single: bool  # no layers axis in the caller's arrays
+
+
+def ask_layers(info: ServerInfo, layers: int | Sequence[int], pooling: Pooling) -> Ask:
+    layer_list = [layers] if isinstance(layers, int) else list(layers)
+    return Ask(
+        layers=layer_list,
+        map_name=None,
+        names=[f"layer.{layer}" for layer in layer_list],
+        width=info.hidden_size,
+        budget=len(layer_list) * info.hidden_size,
+        pooling=pooling,
+        single=isinstance(layers, int),
+    )
+
+
+def ask_map(info: ServerInfo, name: str) -> Ask:
+    """The server applies map ``name`` (as ``/health`` lists it) to its own layers."""
+    served = info.maps.get(name)
+    if served is None:
+        loaded = ", ".join(sorted(info.maps)) or "none"
+        raise NotFound(
+            f"no map {name!r} on this server; loaded maps: {loaded}",
+            hint="the server loads maps at start: --map NAME=PATH (or LAMINA_MAP)",
+        )
+    pooling = next((p for p in POOLINGS if p == served.pooling), None)
+    if pooling is None:
+        raise ServerError(f"map {name!r} has pooling {served.pooling!r}, unknown to this client")
+    return Ask(
+        layers=[],
+        map_name=name,
+        names=["mapped"],
+        width=served.output_size,
+        # The server extracts the map's layers, then answers its output: both count.
+        budget=max(len(served.layers) * info.hidden_size, served.output_size),
+        pooling=pooling,
+        single=True,
+    )
+
+
 def hidden_states(
     call: Callable[[Call], Flow[Reply]],
     info: ServerInfo,
     prompts: Sequence[Prompt],
-    layers: int | Sequence[int],
-    pooling: Pooling,
+    ask: Ask,
     dtype: DType,
     binary: bool | Literal["auto"],
     progress: Callable[[int], None] | None,
 ) -> Flow[Result]:
     """Batches in prompt order; a batch refused as too large (413) is halved and sent
     again; the batches' answers are put together in the caller's shape."""
-    layer_list = [layers] if isinstance(layers, int) else list(layers)
     binary = use_binary(
         binary,
         num_prompts=len(prompts),
-        num_layers=len(layer_list),
-        hidden_size=info.hidden_size,
-        pooling=pooling,
+        num_layers=len(ask.names),
+        hidden_size=ask.width,
+        pooling=ask.pooling,
         dtype=dtype,
     )
-    size = first_batch_size(info, len(layer_list), pooling, dtype)
+    size = first_batch_size(info, 1, ask.pooling, dtype, width=ask.budget)
     per_prompt = []
     start = 0
     while start < len(prompts):
         batch = prompts[start : start + size]
-        body = request_body(batch, layer_list, pooling, dtype)
+        body = request_body(batch, ask.layers, ask.pooling, dtype, ask.map_name)
         try:
             reply = yield from call(Call("POST", "/v1/hidden_states", body, binary))
         except TooLarge as e:
@@ -189,13 +237,13 @@ def hidden_states(
         except BadRequest as e:
             raise _locate(e, start, len(batch), len(prompts)) from None
         if binary:
-            per_prompt += decode_safetensors(reply.body, layer_list, len(batch), pooling)
+            per_prompt += decode_safetensors(reply.body, ask.names, len(batch), ask.pooling)
         else:
-            per_prompt += decode_json(reply.body, len(layer_list))
+            per_prompt += decode_json(reply.body, len(ask.names))
         start += len(batch)
         if progress is not None:
             progress(len(batch))
-    return assemble(per_prompt, isinstance(layers, int), pooling)
+    return assemble(per_prompt, ask.single, ask.pooling)
 
 
 def _locate(error: LaminaError, start: int, count: int, total: int) -> LaminaError:

@@ -40,15 +40,18 @@ _deserialize: Callable[[bytes], list[tuple[str, dict[str, Any]]]] = safetensors.
 
 
 def request_body(
-    prompts: Sequence[Prompt], layers: Sequence[int], pooling: Pooling, dtype: DType
+    prompts: Sequence[Prompt],
+    layers: Sequence[int],
+    pooling: Pooling,
+    dtype: DType,
+    map_name: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "prompts": [p if isinstance(p, str) else [int(t) for t in p] for p in prompts],
-        "layers": list(layers),
-        "pooling": pooling,
-        "dtype": dtype,
-        "encoding_format": "base64",
+    """The JSON request; with ``map_name`` the server picks the map's layers and pooling."""
+    body: dict[str, Any] = {
+        "prompts": [p if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     }
+    body |= {"map": map_name} if map_name else {"layers": list(layers), "pooling": pooling}
+    return body | {"dtype": dtype, "encoding_format": "base64"}
 
 
 def use_binary(
@@ -79,16 +82,16 @@ def from_wire(raw: bytes, dtype: str) -> Array:
 
 
 def decode_json(body: bytes, num_layers: int) -> list[Array]:
-    """Per prompt ``[layers, hidden]`` or ``[layers, tokens, hidden]`` from a JSON answer."""
+    """Per prompt ``[layers, hidden]`` or ``[layers, tokens, hidden]`` from a JSON answer
+    (a mapped answer has one vector per prompt: one "layer" of the map's output size)."""
     try:
         answer = json.loads(body)
         meta = answer["metadata"]
         dtype, hidden, pooling = meta["dtype"], int(meta["hidden_size"]), meta["pooling"]
         out = []
         for item in answer["data"]:
-            states = [
-                _json_state(s["hidden_state"], dtype, hidden, pooling) for s in item["layers"]
-            ]
+            given = item.get("layers", [item])
+            states = [_json_state(s["hidden_state"], dtype, hidden, pooling) for s in given]
             if len(states) != num_layers:
                 raise ValueError(f"{len(states)} layers, {num_layers} requested")
             out.append(np.stack(states))
@@ -106,9 +109,10 @@ def _json_state(state: str | list[Any], dtype: str, hidden: int, pooling: str) -
 
 
 def decode_safetensors(
-    body: bytes, layers: Sequence[int], num_prompts: int, pooling: Pooling
+    body: bytes, names: Sequence[str], num_prompts: int, pooling: Pooling
 ) -> list[Array]:
-    """Per prompt arrays (as :func:`decode_json`) from a safetensors answer."""
+    """Per prompt arrays (as :func:`decode_json`) from a safetensors answer holding
+    ``names`` (``layer.<L>``, or ``mapped``), per prompt ``prompt.<i>.<name>`` for ``all``."""
     try:
         tensors = {
             name: from_wire(info["data"], _SAFETENSORS_DTYPE[info["dtype"]]).reshape(info["shape"])
@@ -116,10 +120,10 @@ def decode_safetensors(
         }
         if pooling == "all":
             return [
-                np.stack([tensors[f"prompt.{i}.layer.{layer}"] for layer in layers])
+                np.stack([tensors[f"prompt.{i}.{name}"] for name in names])
                 for i in range(num_prompts)
             ]
-        by_layer = np.stack([tensors[f"layer.{layer}"] for layer in layers], axis=1)
+        by_layer = np.stack([tensors[name] for name in names], axis=1)
     except (KeyError, ValueError, safetensors.SafetensorError) as e:
         raise ServerError(f"unreadable safetensors answer from the server ({e!r})") from None
     if by_layer.shape[0] != num_prompts:

@@ -15,8 +15,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from lamina_operator import handlers
+from lamina_operator.reconcile import DEFAULT_COST_REFRESH_SECONDS, Settings
 from lamina_operator.render import ServerImages
-from lamina_operator.spec import DEFAULT_CPU_IMAGE, DEFAULT_IMAGE
+from lamina_operator.spec import DEFAULT_CPU_IMAGE, DEFAULT_IMAGE, PrometheusSource
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,11 +64,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=env("LAMINA_SERVER_IMAGE_CPU", DEFAULT_CPU_IMAGE),
         help="Server image for LLMDeployments with resources.useGPU: false and no spec.image.",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=env("LAMINA_PROMETHEUS_URL") or None,
+        help="Prometheus base URL KEDA queries for LLMDeployments without "
+        "spec.autoscaling.prometheus.serverAddress.",
+    )
+    parser.add_argument(
+        "--prometheus-auth",
+        default=env("LAMINA_PROMETHEUS_AUTH") or None,
+        help="KEDA TriggerAuthentication name for that Prometheus (in each LLMDeployment's "
+        "namespace).",
+    )
+    parser.add_argument(
+        "--cost-refresh-seconds",
+        type=int,
+        default=int(env("LAMINA_COST_REFRESH_SECONDS", str(DEFAULT_COST_REFRESH_SECONDS))),
+        help="How often status.cost moves on while pods run (one status write each).",
+    )
     parser.add_argument("--verbose", action="store_true", help="Debug logging.")
     args = parser.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
         parser.error("give --namespace NS (repeatable) or --all-namespaces")
+    if args.cost_refresh_seconds < 1:
+        parser.error("--cost-refresh-seconds must be at least 1")
     return args
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        images=ServerImages(gpu=args.server_image, cpu=args.server_image_cpu),
+        prometheus=PrometheusSource(
+            server_address=args.prometheus_url, authentication_ref=args.prometheus_auth
+        ),
+        cost_refresh_seconds=args.cost_refresh_seconds,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=not args.peering,
             peering_name=args.peering or None,
             liveness_endpoint=args.liveness or None,
-            memo=kopf.Memo(images=ServerImages(gpu=args.server_image, cpu=args.server_image_cpu)),
+            memo=kopf.Memo(settings=settings(args)),
         )
     )
 

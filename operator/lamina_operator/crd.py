@@ -115,6 +115,21 @@ PRINTER_COLUMNS: list[JsonSchema] = [
     },
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # With spec.cost, this month so far (`kubectl get llmd -o wide`; `lamina cost` has more).
+    {
+        "name": "Accel-Hours",
+        "type": "number",
+        "jsonPath": ".status.cost.acceleratorHours",
+        "priority": 1,
+    },
+    {"name": "Cost", "type": "number", "jsonPath": ".status.cost.cost", "priority": 1},
+    {
+        "name": "Projected",
+        "type": "number",
+        "jsonPath": ".status.cost.projectedCost",
+        "priority": 1,
+    },
+    {"name": "Currency", "type": "string", "jsonPath": ".status.cost.currency", "priority": 1},
 ]
 
 

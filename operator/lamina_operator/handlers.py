@@ -19,16 +19,11 @@ from typing import Any
 
 import kopf
 
-from lamina_operator import metrics
-from lamina_operator.kube import Kube, TransientApiError
-from lamina_operator.reconcile import Memory, Observed, reconcile
-from lamina_operator.render import (
-    CHILD_RESOURCES,
-    DEFAULT_IMAGES,
-    FIELD_MANAGER,
-    Owner,
-    ServerImages,
-)
+from lamina_operator import leases, metrics
+from lamina_operator.cost import seconds_to_next_refresh
+from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
+from lamina_operator.reconcile import Memory, Observed, PostEvent, Settings, reconcile
+from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0
@@ -44,9 +39,10 @@ class Runtime:
     """What the handlers share within one operator process."""
 
     kube: Kube
-    images: ServerImages = DEFAULT_IMAGES
+    settings: Settings = field(default_factory=Settings)
     memory: Memory = field(default_factory=Memory)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+    costs: metrics.CostFigures = field(default_factory=metrics.CostFigures)
 
     def wake(self, key: ObjectKey) -> None:
         waker = self.wakers.get(key)
@@ -71,17 +67,14 @@ def configure(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    memo.runtime = Runtime(kube=await Kube.connect(), images=memo.get("images", DEFAULT_IMAGES))
+    memo.runtime = Runtime(kube=await Kube.connect(), settings=memo.get("settings", Settings()))
     metrics.register_api_counter(memo.runtime.kube.requests)
+    metrics.register_cost_figures(memo.runtime.costs)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.runtime.kube.close()
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _observed(body: kopf.Body) -> Observed:
@@ -91,7 +84,18 @@ def _observed(body: kopf.Body) -> Observed:
         generation=int(meta.get("generation", 0)),
         spec=dict(body.get("spec", {})),
         status=dict(body.get("status", {})),
+        meta=dict(meta),
+        resource_version=int(meta.get("resourceVersion", 0)),
     )
+
+
+def _resync_wait(status: Mapping[str, Any], refresh_seconds: int) -> float:
+    """Until the next resync; while the cost is accounted, until its figures move on
+    (a little after, so that the clock has passed the boundary)."""
+    if "cost" not in status:
+        return RESYNC_SECONDS
+    now = datetime.datetime.now(datetime.UTC)
+    return min(RESYNC_SECONDS, seconds_to_next_refresh(now, refresh_seconds) + 0.05)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=10.0)
@@ -113,22 +117,28 @@ async def keep_true(
             started = time.perf_counter()
             try:
                 # `body` is kopf's live view: always the latest object seen.
-                await reconcile(
+                await _end_expired_leases(runtime.kube, body, post_event)
+                status = await reconcile(
                     runtime.kube,
                     runtime.memory,
                     _observed(body),
-                    _now(),
+                    datetime.datetime.now(datetime.UTC),
                     post_event,
-                    runtime.images,
+                    runtime.settings,
                 )
                 metrics.observe_reconcile("ok", time.perf_counter() - started)
-                wait, delay = RESYNC_SECONDS, BACKOFF_FIRST_SECONDS
+                runtime.costs.record(key, status.get("cost"))
+                wait = _resync_wait(status, runtime.settings.cost_refresh_seconds)
+                delay = BACKOFF_FIRST_SECONDS
             except TransientApiError as error:
                 metrics.observe_reconcile("retry", time.perf_counter() - started)
                 logger.warning(f"will retry in {delay:.0f}s: {error}")
                 wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
             # While backing off, changes wait for the backoff: they cannot fix the API.
-            backing_off = wait < RESYNC_SECONDS
+            backing_off = delay > BACKOFF_FIRST_SECONDS
+            expiry = leases.seconds_to_expiry(body["metadata"], datetime.datetime.now(datetime.UTC))
+            if expiry is not None:  # a lease ends: put the deployment back, free its pod
+                wait = min(wait, expiry + 1)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stopped.wait())}
@@ -141,6 +151,32 @@ async def keep_true(
                             waiter.cancel()
     finally:
         runtime.wakers.pop(key, None)
+        runtime.memory.forget_deployment(key)
+        runtime.costs.record(key, None)
+
+
+async def _end_expired_leases(kube: Kube, body: kopf.Body, post_event: PostEvent) -> None:
+    """A `lamina run` job that died cannot put its deployment back: do it for it."""
+    meta = body["metadata"]
+    patch = leases.overdue_restore(meta, datetime.datetime.now(datetime.UTC))
+    if patch is None:
+        return
+    try:
+        await kube.patch_own(meta["namespace"], meta["name"], patch)
+    except RejectedByApi as error:  # an annotation edited by hand into nonsense
+        post_event("Warning", "LeasesExpired", f"could not put the deployment back: {error}")
+        return
+    spec = patch.get("spec")
+    post_event(
+        "Normal",
+        "LeasesExpired",
+        "every lamina run lease expired without its job ending it; "
+        + (
+            f"put back suspend={spec['suspend']}, replicas={spec['replicas']}"
+            if spec
+            else "cleared"
+        ),
+    )
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
@@ -190,7 +226,8 @@ SERVER_PODS = {**MANAGED, "app.kubernetes.io/name": "lamina-server"}
 
 @kopf.on.event("", "v1", "pods", labels=SERVER_PODS, id="server-pods-changed")
 def server_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Pods tell why servers restart (OOM, a failed start); status reports it."""
+    """Pods tell why servers restart (OOM, a failed start), which status reports, and
+    a deleted pod's last state tells when it stopped, which the cost accounting needs."""
     pod = event["object"]
     meta = pod.get("metadata", {})
     owner = meta.get("labels", {}).get("app.kubernetes.io/instance")
@@ -202,4 +239,6 @@ def server_pod_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     # Only what status needs: name and container states.
     kept = {"metadata": {"name": meta["name"]}, "status": pod.get("status", {})}
     runtime.memory.pod_seen(key, meta["name"], None if gone else kept)
+    if gone and key in runtime.wakers:  # pods of a deleted LLMDeployment need no account
+        runtime.memory.pod_departed(key, meta["uid"], dict(pod))
     runtime.wake(key)

@@ -27,6 +27,10 @@ class RejectedByApi(ValueError):
     """The API refused what the spec rendered (400/422): the spec must change."""
 
 
+class NotServed(LookupError):
+    """The API serves no such kind here (404 on apply): its CRD is not installed."""
+
+
 def child_path(kind: str, namespace: str, name: str) -> str:
     """REST path of one child object."""
     group, version, plural = CHILD_RESOURCES[kind]
@@ -42,7 +46,7 @@ def _message(error: ApiException) -> str:
 
 
 class Kube:
-    """A small async client: apply, delete, patch status. Counts requests by verb."""
+    """A small async client: apply, delete, patch status, list pods. Counts requests by verb."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
@@ -101,8 +105,8 @@ class Kube:
             fieldManager=FIELD_MANAGER,
             force="true",
         )
-        if stored is None:
-            raise TransientApiError(f"apply {path}: the API returned nothing")
+        if stored is None:  # apply creates what is missing: 404 means no such resource
+            raise NotServed(f"apply {path}: the API serves no {manifest['kind']} here")
         return stored
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
@@ -110,9 +114,24 @@ class Kube:
         path = child_path(kind, namespace, name)
         return await self._call("DELETE", path, propagationPolicy="Background") is not None
 
-    async def patch_status(self, namespace: str, name: str, status: Manifest) -> None:
-        """Merge-patch the LLMDeployment's status subresource."""
+    async def patch_own(self, namespace: str, name: str, patch: Manifest) -> None:
+        """Merge-patch the LLMDeployment itself (a 409 on a stale resourceVersion is
+        transient: the next reconcile reads it again)."""
+        path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}"
+        await self._call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    async def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest | None:
+        """Merge-patch the LLMDeployment's status subresource; returns the object as
+        stored (None when it is gone)."""
         path = f"{_OWN_PREFIX}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        await self._call(
+        return await self._call(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        """The pods of one namespace matching a label selector, as the API has them now."""
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        found = await self._call("GET", path, labelSelector=selector)
+        if found is None:
+            raise TransientApiError(f"list {path}: the API returned nothing")
+        return list(found.get("items", []))

@@ -1,39 +1,58 @@
 """One level-triggered, idempotent reconcile of an LLMDeployment.
 
-parse → render (pure) → server-side apply what differs → prune what is no longer
+parse → account the cost (with spec.cost: pure, from the listed pods) → render (pure;
+0 pods under a budget hold) → server-side apply what differs → prune what is no longer
 wanted → status from what is observed, written only when it changed. The same call
 serves create, update, resume, drift and the periodic resync.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina_operator.kube import Kube, RejectedByApi
+from lamina_operator import leases
+from lamina_operator.cost import (
+    BUDGET_EXCEEDED,
+    BUDGET_WARNING,
+    CostReport,
+    accelerator_unit,
+    account,
+    format_time,
+    pod_run,
+)
+from lamina_operator.kube import Kube, NotServed, RejectedByApi, TransientApiError
 from lamina_operator.render import (
+    ADD_ON_KINDS,
     CHILD_RESOURCES,
     DEFAULT_IMAGES,
+    NO_PROMETHEUS,
     Manifest,
     Owner,
     ServerImages,
+    autoscaling_problem,
     render_children,
+    selector_string,
 )
-from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
+from lamina_operator.spec import LLMDeploymentSpec, ModelFacts, PrometheusSource
 from lamina_operator.status import (
     READY,
     Verdict,
     compute_status,
     invalid_verdict,
     judge,
+    missing_add_on,
     status_patch,
 )
 from lamina_operator.validation import InvalidSpec, parse_spec
 
 ChildKey = tuple[str, str, str]  # kind, namespace, name
+OwnerKey = tuple[str, str]  # namespace, LLMDeployment name
+DEFAULT_COST_REFRESH_SECONDS = 60
 # (type Normal|Warning, reason, message) -> posted as a Kubernetes Event on the owner.
 PostEvent = Callable[[str, str, str], None]
 
@@ -88,9 +107,42 @@ class Memory:
     applied: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
     cache: ChildCache = field(default_factory=ChildCache)
     # Server pods by (namespace, LLMDeployment) and pod name: why they restart.
-    pods: dict[tuple[str, str], dict[str, Manifest]] = field(default_factory=dict)
+    pods: dict[OwnerKey, dict[str, Manifest]] = field(default_factory=dict)
+    # The last state of server pods deleted since the accounting last recorded them, by
+    # pod UID: the DELETED event is the only place their end is known.
+    departed: dict[OwnerKey, dict[str, Manifest]] = field(default_factory=dict)
+    # Status as this process last wrote it, with its resourceVersion: newer than the
+    # watched object until the watch catches up. The accounting must build on it, or
+    # a reconcile right after a write would redo the write from older facts.
+    written: dict[OwnerKey, tuple[int, Manifest]] = field(default_factory=dict)
 
-    def pod_seen(self, owner: tuple[str, str], name: str, pod: Manifest | None) -> None:
+    def pod_departed(self, owner: OwnerKey, uid: str, pod: Manifest) -> None:
+        self.departed.setdefault(owner, {})[uid] = pod
+
+    def forget_departed(self, owner: OwnerKey, uids: Iterable[str]) -> None:
+        """Departures the status now records (or that no accounting wants)."""
+        departed = self.departed.get(owner, {})
+        for uid in uids:
+            departed.pop(uid, None)
+        if not departed:
+            self.departed.pop(owner, None)
+
+    def status_written(self, owner: OwnerKey, stored: Manifest | None) -> None:
+        if stored is not None:
+            self.written[owner] = (_resource_version(stored), dict(stored.get("status", {})))
+
+    def latest_status(
+        self, owner: OwnerKey, resource_version: int, status: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """The newer of the watched status and the one this process last wrote."""
+        written = self.written.get(owner)
+        return written[1] if written is not None and written[0] > resource_version else status
+
+    def forget_deployment(self, owner: OwnerKey) -> None:
+        self.departed.pop(owner, None)
+        self.written.pop(owner, None)
+
+    def pod_seen(self, owner: OwnerKey, name: str, pod: Manifest | None) -> None:
         """Remember a server pod's latest state (None: it is gone)."""
         pods = self.pods.setdefault(owner, {})
         if pod is None:
@@ -124,17 +176,34 @@ class Observed:
     generation: int
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
+    meta: Mapping[str, Any] = field(default_factory=dict)  # annotations: leases
+    resource_version: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's defaults for what specs leave out (its command-line flags)."""
+
+    images: ServerImages = DEFAULT_IMAGES
+    prometheus: PrometheusSource = NO_PROMETHEUS
+    cost_refresh_seconds: int = DEFAULT_COST_REFRESH_SECONDS
 
 
 async def _apply_children(
     kube: Kube,
     memory: Memory,
-    owner: Owner,
+    observed: Observed,
     spec: LLMDeploymentSpec,
     post_event: PostEvent,
-    images: ServerImages,
-) -> None:
-    desired = render_children(owner, spec, images)
+    settings: Settings,
+    now: dt.datetime,
+    budget_hold: bool,
+) -> list[str]:
+    """Apply and prune; returns the add-ons the cluster lacks for this spec."""
+    owner = observed.owner
+    held = leases.held(observed.meta, now)
+    desired = render_children(owner, spec, settings.images, settings.prometheus, held, budget_hold)
+    missing = []
     for kind, manifest in desired.items():
         key = (kind, owner.namespace, owner.name)
         if not memory.needs_apply(key, manifest):
@@ -144,6 +213,11 @@ async def _apply_children(
             stored = await kube.apply(manifest)
         except RejectedByApi as error:
             raise InvalidSpec(f"the API rejected the {kind}: {error}") from None
+        except NotServed as error:
+            if kind not in ADD_ON_KINDS:
+                raise TransientApiError(str(error)) from None  # e.g. the namespace is going
+            missing.append(ADD_ON_KINDS[kind])
+            continue
         memory.record(key, manifest, stored)
         if not existed:
             post_event("Normal", "Created", f"created {kind}/{owner.name}")
@@ -153,15 +227,36 @@ async def _apply_children(
             await kube.delete(kind, owner.namespace, owner.name)
             memory.forget(key)
             post_event("Normal", "Deleted", f"deleted {kind}/{owner.name}: no longer wanted")
+    return missing
+
+
+async def _account(
+    kube: Kube,
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    previous: Mapping[str, Any],
+    departed: Mapping[str, Manifest],
+    now: dt.datetime,
+    refresh_seconds: int,
+) -> CostReport | None:
+    """status.cost from the pods the API has now (listed, not remembered: a pod missed
+    by the watch must not count as running forever) and those deleted since."""
+    if spec.cost is None:
+        return None
+    unit = accelerator_unit(spec)
+    listed = await kube.list_pods(owner.namespace, selector_string(owner))
+    runs = [pod_run(pod, unit, gone=False, observed_at=now) for pod in listed]
+    runs += [pod_run(pod, unit, gone=True, observed_at=now) for pod in departed.values()]
+    return account(spec, previous.get("cost"), runs, now, refresh_seconds)
 
 
 async def reconcile(
     kube: Kube,
     memory: Memory,
     observed: Observed,
-    now: str,
+    now: dt.datetime,
     post_event: PostEvent,
-    images: ServerImages = DEFAULT_IMAGES,
+    settings: Settings = Settings(),
 ) -> Manifest:
     """Make the children match the spec and write the status; returns the status.
 
@@ -169,19 +264,33 @@ async def reconcile(
     error here but a status (and an Event), since retrying cannot fix it.
     """
     owner = observed.owner
+    key = (owner.namespace, owner.name)
+    previous = memory.latest_status(key, observed.resource_version, observed.status)
+    departed = dict(memory.departed.get(key, {}))
     spec: LLMDeploymentSpec | None = None
     facts: ModelFacts | None = None
+    cost: CostReport | None = None
     verdict: Verdict
+    missing: list[str] = []
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
-        await _apply_children(kube, memory, owner, spec, post_event, images)
+        cost = await _account(
+            kube, owner, spec, previous, departed, now, settings.cost_refresh_seconds
+        )
+        hold = cost is not None and cost.budget is not None and cost.budget.hold
+        missing = await _apply_children(
+            kube, memory, observed, spec, post_event, settings, now, hold
+        )
     except InvalidSpec as error:
         # Children of an earlier valid spec are left serving; status says what to fix.
         spec, verdict = None, invalid_verdict(str(error))
     deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
     if spec is not None:
-        pods = memory.pods.get((owner.namespace, owner.name), {})
-        verdict = judge(spec, owner, deployment, list(pods.values()))
+        pods = memory.pods.get(key, {})
+        budget = cost.budget if cost is not None else None
+        held = budget.exceeded[2] if budget is not None and budget.hold else None
+        problem = autoscaling_problem(spec, settings.prometheus) or missing_add_on(missing)
+        verdict = judge(spec, owner, deployment, list(pods.values()), problem, held)
 
     status = compute_status(
         owner=owner,
@@ -190,27 +299,39 @@ async def reconcile(
         spec=spec,
         facts=facts,
         deployment=deployment,
-        previous=observed.status,
-        now=now,
+        previous=previous,
+        now=format_time(now),
+        cost=cost,
     )
-    patch = status_patch(observed.status, status)
+    patch = status_patch(previous, status)
     if patch is not None:
-        await kube.patch_status(owner.namespace, owner.name, patch)
-        _announce(observed.status, status, post_event)
+        memory.status_written(key, await kube.patch_status(owner.namespace, owner.name, patch))
+        _announce(previous, status, post_event)
+    if spec is not None or cost is not None:
+        # Recorded in status.cost now, or not wanted (no spec.cost); an invalid spec
+        # keeps them for when it is fixed.
+        memory.forget_departed(key, departed)
     return status
 
 
-def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    return next((c for c in status.get("conditions", []) if c.get("type") == READY), {})
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
 
 def _announce(before: Mapping[str, Any], after: Mapping[str, Any], post_event: PostEvent) -> None:
-    """Events for notable status changes: became ready, stopped being ready, invalid."""
-    old, new = _ready_condition(before), _ready_condition(after)
+    """Events for notable status changes: became ready, stopped being ready, invalid,
+    a budget condition turned true."""
+    for kind in (BUDGET_WARNING, BUDGET_EXCEEDED):
+        was, now = _condition(before, kind), _condition(after, kind)
+        if now.get("status") == "True" and was.get("status") != "True":
+            post_event("Warning", kind, str(now.get("message")))
+    old, new = _condition(before, READY), _condition(after, READY)
     if new.get("reason") == "InvalidSpec":
         if new.get("message") != old.get("message"):
             post_event("Warning", "InvalidSpec", str(new.get("message")))
     elif new.get("status") == "True" and old.get("status") != "True":
         post_event("Normal", "Ready", str(new.get("message")))
     elif old.get("status") == "True" and new.get("status") != "True":
-        post_event("Warning", str(new.get("reason")), str(new.get("message")))
+        # Stopping on purpose (suspended, idle) is news, not trouble.
+        kind = "Normal" if new.get("reason") in ("Suspended", "ScaledToZero") else "Warning"
+        post_event(kind, str(new.get("reason")), str(new.get("message")))

@@ -16,7 +16,9 @@ from lamina_operator.spec import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_IMAGE,
     KIND,
+    Autoscaler,
     LLMDeploymentSpec,
+    PrometheusSource,
 )
 
 Manifest = dict[str, Any]
@@ -28,6 +30,7 @@ CACHE_DIR = "/cache"
 # load balancers stop sending new requests before the server starts draining.
 PRESTOP_SLEEP_SECONDS = 5
 IN_FLIGHT_METRIC = "lamina_requests_in_flight"
+QUEUE_METRIC = "lamina_queue_depth"
 SHM_GIB_PER_TP_RANK = 2
 DEFAULT_CACHE_SIZE = "100Gi"
 
@@ -47,6 +50,7 @@ class ServerImages:
 
 
 DEFAULT_IMAGES = ServerImages()
+NO_PROMETHEUS = PrometheusSource()
 
 
 @dataclass(frozen=True)
@@ -323,14 +327,19 @@ def gpu_tolerations(spec: LLMDeploymentSpec) -> list[Manifest]:
     return [{"key": key, "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def desired_replicas(spec: LLMDeploymentSpec) -> int:
+def desired_replicas(spec: LLMDeploymentSpec, budget_hold: bool = False) -> int:
     """Pods the Deployment should run. With autoscaling on the HPA writes spec.replicas
-    through the LLMDeployment's scale subresource, so this is still the one source."""
-    return 0 if spec.suspend else spec.replicas
+    through the LLMDeployment's scale subresource, so this is still the one source.
+    A budget hold (spec.cost.suspendOverBudget, the month's budget spent) gives 0
+    without touching spec.replicas or spec.suspend, so lifting it restores them."""
+    return 0 if spec.suspend or budget_hold else spec.replicas
 
 
 def render_deployment(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: ServerImages = DEFAULT_IMAGES,
+    budget_hold: bool = False,
 ) -> Manifest:
     """The server Deployment."""
     return {
@@ -338,7 +347,7 @@ def render_deployment(
         "kind": "Deployment",
         "metadata": _metadata(owner),
         "spec": {
-            "replicas": desired_replicas(spec),
+            "replicas": desired_replicas(spec, budget_hold),
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector_labels(owner)},
             "strategy": {
@@ -412,7 +421,6 @@ def render_hpa(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
                 },
             }
         )
-    up, down = auto.behavior.scale_up, auto.behavior.scale_down
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -426,12 +434,114 @@ def render_hpa(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
             "metrics": metrics,
-            "behavior": {
-                "scaleUp": _scaling_rules(up.stabilization_window_seconds, up.max_pods_per_minute),
-                "scaleDown": _scaling_rules(
-                    down.stabilization_window_seconds, down.max_pods_per_minute
-                ),
+            "behavior": _behavior(spec),
+        },
+    }
+
+
+def _behavior(spec: LLMDeploymentSpec) -> Manifest:
+    up, down = spec.autoscaling.behavior.scale_up, spec.autoscaling.behavior.scale_down
+    return {
+        "scaleUp": _scaling_rules(up.stabilization_window_seconds, up.max_pods_per_minute),
+        "scaleDown": _scaling_rules(down.stabilization_window_seconds, down.max_pods_per_minute),
+    }
+
+
+_SUFFIXES = {
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity_number(quantity: str) -> str:
+    """A Kubernetes quantity as the plain number KEDA's thresholds take ("500m" -> "0.5")."""
+    digits = quantity.rstrip("".join(sorted({c for k in _SUFFIXES for c in k})))
+    value = float(digits) * _SUFFIXES.get(quantity[len(digits) :], 1.0)
+    return f"{value:g}"
+
+
+def pods_query(owner: Owner, metric: str) -> str:
+    """PromQL: ``metric`` summed over this deployment's server pods (named
+    <deployment>-<replicaset hash>-<id>), 0 when none runs (scaled to zero)."""
+    pods = f'namespace="{owner.namespace}",pod=~"{owner.name}-[a-z0-9]+-[a-z0-9]+"'
+    return f"sum({metric}{{{pods}}}) or vector(0)"
+
+
+def autoscaling_problem(spec: LLMDeploymentSpec, defaults: PrometheusSource) -> str | None:
+    """Why the autoscaler cannot be rendered as asked (a sentence), or None."""
+    auto = spec.autoscaling
+    if not auto.enabled or auto.autoscaler != Autoscaler.KEDA:
+        return None
+    if not (auto.prometheus.server_address or defaults.server_address):
+        return (
+            "autoscaling with KEDA needs a Prometheus address: set "
+            "spec.autoscaling.prometheus.serverAddress, or the chart value "
+            "autoscaling.prometheus.serverAddress"
+        )
+    return None
+
+
+def render_scaled_object(
+    owner: Owner, spec: LLMDeploymentSpec, defaults: PrometheusSource, held: bool = False
+) -> Manifest:
+    """KEDA's ScaledObject. Like the HPA it scales the LLMDeployment (its scale
+    subresource); KEDA makes and owns the HPA (keda-hpa-<name>), and can go to zero.
+    ``held``: a `lamina run` job or `lamina up` keeps at least one pod, however idle."""
+    auto = spec.autoscaling
+    address = auto.prometheus.server_address or defaults.server_address
+    auth = auto.prometheus.authentication_ref or defaults.authentication_ref
+
+    def on_prometheus(metric: str, target: str) -> Manifest:
+        trigger: Manifest = {
+            "type": "prometheus",
+            "metadata": {
+                "serverAddress": address,
+                "query": pods_query(owner, metric),
+                "threshold": quantity_number(target),
             },
+        }
+        if auth:
+            trigger["authenticationRef"] = {"name": auth}
+        return trigger
+
+    triggers = [on_prometheus(IN_FLIGHT_METRIC, auto.target_in_flight_requests)]
+    if auto.target_queue_depth is not None:
+        triggers.append(on_prometheus(QUEUE_METRIC, auto.target_queue_depth))
+    if auto.target_cpu_utilization_percentage is not None:
+        triggers.append(
+            {
+                "type": "cpu",
+                "metricType": "Utilization",
+                "metadata": {"value": str(auto.target_cpu_utilization_percentage)},
+            }
+        )
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+            },
+            "minReplicaCount": max(auto.min_replicas, 1) if held else auto.min_replicas,
+            "maxReplicaCount": auto.max_replicas,
+            "pollingInterval": auto.polling_interval_seconds,
+            "cooldownPeriod": auto.scale_to_zero_after_seconds,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
+            "triggers": triggers,
         },
     }
 
@@ -464,20 +574,32 @@ CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
     "Deployment": ("apps", "v1", "deployments"),
     "Service": ("", "v1", "services"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
 }
+# Kinds that exist only where an add-on is installed (the rest is core Kubernetes).
+ADD_ON_KINDS = {"ScaledObject": "KEDA"}
 
 
 def render_children(
-    owner: Owner, spec: LLMDeploymentSpec, images: ServerImages = DEFAULT_IMAGES
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    images: ServerImages = DEFAULT_IMAGES,
+    prometheus: PrometheusSource = NO_PROMETHEUS,
+    held: bool = False,
+    budget_hold: bool = False,
 ) -> dict[str, Manifest]:
-    """Every child the spec wants, by kind. Kinds missing here are to be pruned."""
+    """Every child the spec wants, by kind. Kinds missing here are to be pruned.
+    ``prometheus``: the operator's defaults for KEDA; ``held``: jobs hold a pod up;
+    ``budget_hold``: the budget holds the pods at zero."""
     children = {
-        "Deployment": render_deployment(owner, spec, images),
+        "Deployment": render_deployment(owner, spec, images, budget_hold),
         "Service": render_service(owner, spec),
     }
-    if spec.autoscaling.enabled:
+    if spec.autoscaling.enabled and spec.autoscaling.autoscaler == Autoscaler.HPA:
         children["HorizontalPodAutoscaler"] = render_hpa(owner, spec)
+    elif spec.autoscaling.enabled and autoscaling_problem(spec, prometheus) is None:
+        children["ScaledObject"] = render_scaled_object(owner, spec, prometheus, held)
     if wants_pdb(spec):
         children["PodDisruptionBudget"] = render_pdb(owner, spec)
     return children

@@ -20,6 +20,7 @@ PLURAL = "llmdeployments"
 SINGULAR = "llmdeployment"
 SHORT_NAMES = ["llmd"]
 CATEGORIES = ["lamina"]
+HISTORY_MONTHS = 12  # finished months kept in status.cost.history
 
 # An int (4) or a string ("25%", "500m", "16Gi"), as Kubernetes' IntOrString.
 IntOrString = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
@@ -316,8 +317,43 @@ class AutoscalingBehavior(ApiModel):
     )
 
 
+class Autoscaler(StrEnum):
+    KEDA = "KEDA"
+    HPA = "HPA"
+
+
+class PrometheusSource(ApiModel):
+    """Where KEDA reads the servers' metrics."""
+
+    server_address: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"^https?://",
+        description="Prometheus base URL KEDA queries, e.g. "
+        "http://prometheus-operated.monitoring.svc:9090. Default: the operator's "
+        "(chart value autoscaling.prometheus.serverAddress).",
+    )
+    authentication_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="A KEDA TriggerAuthentication in this namespace (bearer token, basic "
+        "auth or TLS for Prometheus). Default: the operator's (chart value "
+        "autoscaling.prometheus.authenticationRef), else none.",
+    )
+
+
+MIN_ZERO_NEEDS_KEDA = (
+    "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.autoscaler KEDA: an HPA "
+    "cannot scale to zero"
+)
+
+
 class AutoscalingSpec(ApiModel):
-    """Scale the servers on their own in-flight requests (via prometheus-adapter)."""
+    """Scale the servers on their own in-flight requests: through KEDA (a ScaledObject
+    reading Prometheus; can scale to zero) or a plain HPA on a Pods metric your own
+    adapter serves."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -325,17 +361,44 @@ class AutoscalingSpec(ApiModel):
                 cel(
                     "self.minReplicas <= self.maxReplicas",
                     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                )
+                ),
+                cel("self.minReplicas >= 1 || self.autoscaler == 'KEDA'", MIN_ZERO_NEEDS_KEDA),
             ]
         }
     )
 
-    enabled: bool = Field(default=False, description="Create a HorizontalPodAutoscaler.")
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    enabled: bool = Field(default=False, description="Scale the replicas on load.")
+    autoscaler: Autoscaler = Field(
+        default=Autoscaler.KEDA,
+        description="KEDA: a ScaledObject (needs KEDA and a Prometheus that scrapes the "
+        "server pods). HPA: a HorizontalPodAutoscaler on the Pods metric "
+        "`lamina_requests_in_flight` served by an adapter you run (e.g. prometheus-adapter).",
+    )
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 scales to zero when idle (KEDA)."
+    )
     max_replicas: int = Field(default=4, ge=1, le=1000, description="Most replicas.")
     target_in_flight_requests: Quantity = Field(
         default="8",
         description="Average `lamina_requests_in_flight` per pod the autoscaler aims for.",
+    )
+    target_queue_depth: Quantity | None = Field(
+        default=None,
+        description="Also scale on `lamina_queue_depth` (prompts waiting in the engine), "
+        "aiming for this average per pod (KEDA).",
+    )
+    scale_to_zero_after_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="With minReplicas 0: seconds without requests in flight before the last "
+        "pod stops (KEDA's cooldownPeriod).",
+    )
+    polling_interval_seconds: int = Field(
+        default=15, ge=1, le=3600, description="How often KEDA queries Prometheus."
+    )
+    prometheus: PrometheusSource = Field(
+        default_factory=PrometheusSource, description="Where KEDA reads the metrics."
     )
     target_cpu_utilization_percentage: int | None = Field(
         default=None,
@@ -352,6 +415,8 @@ class AutoscalingSpec(ApiModel):
     def _min_le_max(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+        if self.min_replicas < 1 and self.autoscaler != Autoscaler.KEDA:
+            raise ValueError(MIN_ZERO_NEEDS_KEDA)
         return self
 
 
@@ -530,6 +595,53 @@ class DisruptionBudgetSpec(ApiModel):
         return self
 
 
+class CostSpec(ApiModel):
+    """What the deployment's accelerators cost, and the monthly budget they must fit in."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.suspendOverBudget || has(self.monthlyBudget)",
+                    "cost.suspendOverBudget needs cost.monthlyBudget",
+                )
+            ]
+        }
+    )
+
+    price_per_hour: float = Field(
+        ge=0,
+        le=1_000_000,
+        description="Price of one accelerator-hour: per GPU-hour when resources.useGPU is true "
+        "(a pod with tensor × pipeline GPUs costs that many times this per hour), per "
+        "pod-hour on CPU. 0 counts hours only.",
+    )
+    currency: str = Field(
+        default="USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of the prices and the budget (e.g. USD, EUR).",
+    )
+    monthly_budget: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000_000_000,
+        description="What one calendar month (UTC) may cost. BudgetWarning turns true when "
+        "the month's projected cost reaches 80 % of it, BudgetExceeded at 100 %.",
+    )
+    suspend_over_budget: bool = Field(
+        default=False,
+        description="Scale the pods to zero once the month's cost reaches monthlyBudget, "
+        "until it allows again (next month, or a higher budget). spec.replicas and "
+        "spec.suspend are left as they are.",
+    )
+
+    @model_validator(mode="after")
+    def _suspend_needs_budget(self) -> CostSpec:
+        if self.suspend_over_budget and self.monthly_budget is None:
+            raise ValueError("cost.suspendOverBudget needs cost.monthlyBudget")
+        return self
+
+
 # The images `make image` builds (operator/Dockerfile, server/Dockerfile{,.cpu}); the
 # operator's --server-image/--server-image-cpu (chart: serverImage) override.
 DEFAULT_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0"
@@ -596,6 +708,11 @@ class LLMDeploymentSpec(ApiModel):
         default=False,
         description="Scale to zero pods and keep everything else (Service, HPA, settings).",
     )
+    cost: CostSpec | None = Field(
+        default=None,
+        description="Price and monthly budget: the operator keeps accelerator-hours and cost "
+        "in status.cost. Unset: no accounting.",
+    )
 
     @model_validator(mode="after")
     def _parallelism_needs_gpus(self) -> LLMDeploymentSpec:
@@ -617,7 +734,9 @@ class LLMDeploymentSpec(ApiModel):
 class Condition(ApiModel):
     """A standard Kubernetes condition."""
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded; BudgetWarning and BudgetExceeded with a budget."
+    )
     status: str = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word for machines.")
     message: str = Field(description="A sentence for people.")
@@ -631,6 +750,59 @@ class ModelFacts(ApiModel):
     num_layers: int | None = Field(default=None, description="Decoder layers.")
     hidden_size: int | None = Field(default=None, description="Hidden size.")
     source: str | None = Field(default=None, description="Where these facts come from.")
+
+
+class LedgerEntry(ApiModel):
+    """One pod's running interval, counted once by its UID."""
+
+    uid: str = Field(description="The pod's UID.")
+    pod: str = Field(description="The pod's name.")
+    accelerators: int = Field(description="GPUs the pod holds (1 per pod on CPU).")
+    start: str = Field(description="When its first container started (RFC 3339).")
+    end: str | None = Field(default=None, description="When it stopped; unset while it runs.")
+
+
+class MonthCost(ApiModel):
+    """A finished calendar month."""
+
+    month: str = Field(description="The month, YYYY-MM (UTC).")
+    accelerator_seconds: int = Field(description="Accelerator-seconds of the month.")
+    accelerator_hours: float = Field(description="The same in hours.")
+    cost: float = Field(description="What the month cost.")
+    currency: str = Field(description="Currency of cost.")
+    budget: float | None = Field(default=None, description="The monthly budget at its end.")
+
+
+class CostStatus(ApiModel):
+    """Accelerator-hours and cost, derived from the pods' running intervals."""
+
+    month: str = Field(description="The current month, YYYY-MM (UTC).")
+    as_of: str = Field(description="The moment the figures describe (RFC 3339).")
+    accelerator: str = Field(
+        description="What the hours are of: the GPU resource name, or `pod` on CPU."
+    )
+    currency: str = Field(description="Currency of the amounts.")
+    price_per_hour: float = Field(description="Price of one accelerator-hour used.")
+    accelerator_seconds: int = Field(description="Accelerator-seconds this month so far.")
+    accelerator_hours: float = Field(description="Accelerator-hours this month so far.")
+    cost: float = Field(description="Cost this month so far.")
+    projected_cost: float = Field(
+        description="This month's cost if the accelerators running now run to its end."
+    )
+    running_accelerators: int = Field(description="Accelerators running at asOf.")
+    budget: float | None = Field(default=None, description="spec.cost.monthlyBudget.")
+    settled_seconds: int = Field(
+        description="Accelerator-seconds this month of pods gone and folded out of the ledger."
+    )
+    ledger: list[LedgerEntry] = Field(
+        default_factory=list,
+        description="This month's pods not yet settled: running, or stopped recently.",
+    )
+    history: list[MonthCost] = Field(
+        default_factory=list,
+        max_length=HISTORY_MONTHS,
+        description=f"Previous months, newest first (at most {HISTORY_MONTHS}).",
+    )
 
 
 class LLMDeploymentStatus(ApiModel):
@@ -648,6 +820,9 @@ class LLMDeploymentStatus(ApiModel):
     )
     endpoint: str | None = Field(default=None, description="In-cluster URL of the Service.")
     model: ModelFacts | None = Field(default=None, description="Model facts when known.")
+    cost: CostStatus | None = Field(
+        default=None, description="Accelerator-hours and cost, when spec.cost is set."
+    )
 
 
 class LLMDeployment(ApiModel):

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lamina_operator.cost import BUDGET_EXCEEDED, BUDGET_WARNING, CostReport
 from lamina_operator.render import Manifest, Owner, desired_replicas, endpoint, selector_string
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 
@@ -75,20 +76,37 @@ def server_failure(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def missing_add_on(add_ons: Sequence[str]) -> str | None:
+    """What to do when the cluster lacks an add-on the spec needs (KEDA)."""
+    if "KEDA" not in add_ons:
+        return None
+    return (
+        "autoscaling.autoscaler is KEDA but this cluster serves no ScaledObject "
+        "(keda.sh/v1alpha1): install KEDA (https://keda.sh/docs/latest/deploy/), or set "
+        "spec.autoscaling.autoscaler: HPA to use your own metrics adapter"
+    )
+
+
 def judge(
     spec: LLMDeploymentSpec,
     owner: Owner,
     deployment: Manifest | None,
     pods: Sequence[Mapping[str, Any]] = (),
+    autoscaling_problem: str | None = None,
+    budget_hold: str | None = None,
 ) -> Verdict:
     """Ready/Progressing/Degraded of a valid spec given the observed Deployment and
-    its pods."""
+    its pods; ``autoscaling_problem`` says why the autoscaler is missing,
+    ``budget_hold`` why the budget holds the pods at zero, if it does."""
     healthy = (False, "AsExpected", "no problems seen")
+    if autoscaling_problem is not None:
+        # The servers may well serve; they just will not scale. Say it, loudly.
+        healthy = (True, "AutoscalingUnavailable", autoscaling_problem)
     if deployment is None:
         creating = "creating the server Deployment"
         return Verdict((False, "Creating", creating), (True, "Creating", creating), healthy)
 
-    desired = desired_replicas(spec)
+    desired = desired_replicas(spec, budget_hold is not None)
     observed = deployment.get("status", {})
     ready = observed.get("readyReplicas", 0)
     generation_seen = observed.get("observedGeneration", 0) >= deployment["metadata"].get(
@@ -118,9 +136,21 @@ def judge(
             (not done, "Suspending" if not done else "Suspended", counts),
             degraded,
         )
-    if desired == 0:
+    if budget_hold is not None:
+        done = observed.get("replicas", 0) == 0
         return Verdict(
-            (False, "ScaledToZero", "spec.replicas is 0"),
+            (False, "OverBudget", budget_hold),
+            (not done, "Suspending" if not done else "Suspended", counts),
+            degraded,
+        )
+    if desired == 0:
+        idle = (
+            f"idle: scaled to zero by the autoscaler; `lamina up {owner.name}` starts it"
+            if spec.autoscaling.enabled
+            else "spec.replicas is 0"
+        )
+        return Verdict(
+            (False, "ScaledToZero", idle),
             (not rolled_out, "ScalingDown" if not rolled_out else "ScaledToZero", counts),
             degraded,
         )
@@ -158,17 +188,27 @@ def compute_status(
     deployment: Manifest | None,
     previous: Mapping[str, Any],
     now: str,
+    cost: CostReport | None = None,
 ) -> Manifest:
-    """The full status object (camelCase), ready to compare with the stored one."""
+    """The full status object (camelCase), ready to compare with the stored one.
+
+    With an invalid spec (`spec` None) the accounting cannot run: status.cost and the
+    budget conditions are kept as they were rather than dropped, since the ledger in
+    status.cost is the only record of pods already gone."""
     before = previous.get("conditions", [])
-    conditions = [
-        set_condition(before, kind, *parts, generation=generation, now=now)
-        for kind, parts in (
-            (READY, verdict.ready),
-            (PROGRESSING, verdict.progressing),
-            (DEGRADED, verdict.degraded),
-        )
+    parts = [
+        (READY, verdict.ready),
+        (PROGRESSING, verdict.progressing),
+        (DEGRADED, verdict.degraded),
     ]
+    budget = cost.budget if cost is not None else None
+    if budget is not None:
+        parts += [(BUDGET_WARNING, budget.warning), (BUDGET_EXCEEDED, budget.exceeded)]
+    conditions = [
+        set_condition(before, kind, *part, generation=generation, now=now) for kind, part in parts
+    ]
+    if spec is None:
+        conditions += [c for c in before if c.get("type") in (BUDGET_WARNING, BUDGET_EXCEEDED)]
     observed = (deployment or {}).get("status", {})
     ready = observed.get("readyReplicas", 0)
     status: Manifest = {
@@ -179,10 +219,15 @@ def compute_status(
         "selector": selector_string(owner),
     }
     if spec is not None:
-        status["ready"] = f"{ready}/{desired_replicas(spec)}"
+        held = budget is not None and budget.hold
+        status["ready"] = f"{ready}/{desired_replicas(spec, held)}"
         status["endpoint"] = endpoint(owner, spec)
     if facts is not None:
         status["model"] = facts.model_dump(by_alias=True, exclude_none=True)
+    if cost is not None:
+        status["cost"] = cost.status
+    elif spec is None and "cost" in previous:
+        status["cost"] = previous["cost"]
     return status
 
 

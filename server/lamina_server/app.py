@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -26,8 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .config import LaminaSettings
 from .errors import ErrorType, LaminaError, error_body, normalized_error, too_large
 from .limits import Admission, ParseLane, json_problem
+from .maps import LoadedMap
 from .metrics import Metrics, route_label
-from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits
+from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits, MapInfo
 from .service import HiddenStateService, ModelFacts, dumps_json
 from .worker import in_worker
 
@@ -110,7 +111,10 @@ def json_bytes(render: Callable[..., Any], *args: Any) -> bytes:
 
 
 def health_answer(
-    status: Literal["healthy", "loading", "draining"], facts: ModelFacts, settings: LaminaSettings
+    status: Literal["healthy", "loading", "draining"],
+    facts: ModelFacts,
+    settings: LaminaSettings,
+    maps: Iterable[LoadedMap] = (),
 ) -> Health:
     return Health(
         status=status,
@@ -128,6 +132,7 @@ def health_answer(
             max_tokens_per_request=settings.max_tokens_per_request,
             max_response_bytes=settings.max_response_bytes,
         ),
+        maps=[MapInfo(**m.describe()) for m in maps],
     )
 
 
@@ -153,7 +158,7 @@ def build_router(state: ServerState) -> APIRouter:
 
     @router.post(
         "/v1/hidden_states",
-        responses={413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
+        responses={404: {}, 413: {}, 422: {}, 429: {}, 503: {}, 500: {}},
         summary="Hidden states (residual stream) of chosen layers for given prompts",
     )
     async def hidden_states(request: Request) -> Response:
@@ -161,11 +166,21 @@ def build_router(state: ServerState) -> APIRouter:
             req = parse_body(HiddenStatesRequest, await request.body())
             service = _service(state)
             plan = await in_worker(service.plan_hidden_states, req)
+            binary = OCTET_STREAM in request.headers.get("accept", "")
+            # Rendered on the worker thread, in short C calls: probes keep their turn.
+            if plan.map is not None:
+                mapped = await cancel_on_disconnect(request, service.run_mapped(plan))
+                if mapped is None:
+                    return Response(status_code=CLIENT_GONE)
+                if binary:
+                    body = await in_worker(service.render_mapped_safetensors, plan, mapped)
+                    return Response(body, media_type=OCTET_STREAM)
+                body = await in_worker(json_bytes, service.render_mapped_json, plan, mapped)
+                return Response(body, media_type=JSON)
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
                 return Response(status_code=CLIENT_GONE)
-            # Rendered on the worker thread, in short C calls: probes keep their turn.
-            if OCTET_STREAM in request.headers.get("accept", ""):
+            if binary:
                 body = await in_worker(service.render_safetensors, plan, results)
                 return Response(body, media_type=OCTET_STREAM)
             body = await in_worker(json_bytes, service.render_json, plan, results)
@@ -202,7 +217,8 @@ def build_router(state: ServerState) -> APIRouter:
         status: Literal["healthy", "loading", "draining"] = (
             "draining" if state.admission.draining else "healthy" if state.ready else "loading"
         )
-        answer = health_answer(status, facts, state.settings)
+        maps = state.service.maps.values() if state.service else ()
+        answer = health_answer(status, facts, state.settings, maps)
         return JSONResponse(answer.model_dump(), status_code=200 if status == "healthy" else 503)
 
     @router.get("/healthz")

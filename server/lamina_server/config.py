@@ -54,6 +54,7 @@ LAMINA_FLAGS = (
     "max-chat-items",
     "max-prompt-chars",
     "max-header-bytes",
+    "map",
 )
 
 DEFAULT_PORT = 8000
@@ -82,6 +83,8 @@ class LaminaSettings:
     # Text characters per request on the hidden-state routes, checked before tokenizing.
     max_prompt_chars: int = 1_000_000
     max_header_bytes: int = 64 * 1024  # request line + headers (uvicorn/h11)
+    # Alignment maps to load at start: (name, path of a `lamina align fit` file).
+    maps: tuple[tuple[str, str], ...] = ()
     api_key: str | None = None
 
 
@@ -112,6 +115,24 @@ def parse_size(text: str) -> int:
     if "i" in unit:
         return int(number * 1024 ** ("kmgt".index(unit[0]) + 1))
     return int(number * _UNITS[unit[:1]])
+
+
+_MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def parse_map_flag(text: str) -> list[tuple[str, str]]:
+    """``NAME=PATH``, or several comma-separated (as ``LAMINA_MAP`` holds them)."""
+    pairs = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, path = item.partition("=")
+        if not sep or not _MAP_NAME.match(name) or not path:
+            raise argparse.ArgumentTypeError(
+                f"--map takes NAME=PATH (NAME of letters, digits, '.', '_', '-'), got {item!r}"
+            )
+        pairs.append((name, path))
+    return pairs
 
 
 def _positive_int(text: str) -> int:
@@ -158,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chat-items", type=_positive_int, default=d.max_chat_items)
     p.add_argument("--max-prompt-chars", type=_positive_int, default=d.max_prompt_chars)
     p.add_argument("--max-header-bytes", type=parse_size, default=d.max_header_bytes)
+    p.add_argument(
+        "--map",
+        type=parse_map_flag,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an alignment map (lamina align fit) requests can name; repeatable, or "
+        "LAMINA_MAP=NAME=PATH[,NAME=PATH]",
+    )
     return p
 
 
@@ -238,6 +268,7 @@ def parse_command_line(
         max_chat_items=ns.max_chat_items,
         max_prompt_chars=ns.max_prompt_chars,
         max_header_bytes=ns.max_header_bytes,
+        maps=tuple(pair for given in ns.map for pair in given),
         api_key=env.get("LAMINA_API_KEY") or None,
     )
     return settings, rest + passthrough

@@ -35,6 +35,7 @@ from .config import LaminaSettings, Pooling, engine_dtype
 from .errors import invalid
 from .http_protocol import LaminaH11Protocol
 from .limits import Admission
+from .maps import LoadedMap, MapError, check_against_model, read_maps
 from .metrics import Metrics
 from .service import F32, HiddenStateService, ModelFacts
 
@@ -276,7 +277,37 @@ async def warm_up(engine: VllmHiddenStateEngine) -> None:
             raise RuntimeError(f"warm-up capture of layer {layer} is wrong: {got.shape}")
 
 
-async def serve(settings: LaminaSettings, args: Namespace) -> None:
+def _stop(message: str) -> SystemExit:
+    """Stop the server at start with ``message`` (also the pod's termination message)."""
+    _termination_message(message)
+    return SystemExit(f"lamina_server: {message}")
+
+
+def check_maps(maps: dict[str, LoadedMap], facts: ModelFacts, settings: LaminaSettings) -> None:
+    """Every map must take the served model's vectors (else the server stops)."""
+    for m in maps.values():
+        try:
+            warning = check_against_model(
+                m, facts.name, facts.num_layers, facts.hidden_size, settings.allowed_layers
+            )
+        except MapError as e:
+            raise _stop(str(e)) from None
+        if warning:
+            log.warning("%s", warning)
+        log.info(
+            "map %r: layers %s (%s) of %s -> %d values of %s",
+            m.name,
+            list(m.layers),
+            m.pooling,
+            facts.name,
+            m.output_size,
+            m.target_model or "the target",
+        )
+
+
+async def serve(
+    settings: LaminaSettings, args: Namespace, maps: dict[str, LoadedMap] | None = None
+) -> None:
     """Run vLLM's OpenAI server with Lamina's routes until drained."""
     import uvicorn
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -298,7 +329,8 @@ async def serve(settings: LaminaSettings, args: Namespace) -> None:
         app = build_app(args, supported_tasks, client.model_config)
         await init_app_state(client, app.state, args, supported_tasks)
         engine = await VllmHiddenStateEngine.create(client, metrics)
-        state.service = HiddenStateService(engine, settings, metrics)
+        check_maps(maps or {}, engine.facts, settings)
+        state.service = HiddenStateService(engine, settings, metrics, maps)
         install(app, state)
         facts = engine.facts
         metrics.model_info.info(
@@ -382,8 +414,7 @@ def apply_cpu_plan(model: str, kv_cache_given: bool) -> int | None:
     try:
         plan = cpu_resources.plan(cpu_resources.read_machine(), os.environ, kv_cache_given, weights)
     except cpu_resources.NotEnoughMemory as error:
-        _termination_message(str(error))
-        raise SystemExit(f"lamina_server: {error}") from None
+        raise _stop(str(error)) from None
     os.environ.update(plan.env)
     for note in plan.notes:
         log.info("vLLM-cpu %s", note)
@@ -417,9 +448,13 @@ def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
 
     cli_env_setup()  # type: ignore[no-untyped-call]
     _log_to_stderr()
+    try:  # before the engine starts: a bad file stops the server in a second
+        maps = read_maps(settings.maps)
+    except MapError as e:
+        raise _stop(str(e)) from None
     args = parse_vllm_args(vllm_argv)
     configure_logging_from_args(args)
     kv_cache = apply_cpu_plan(args.model, args.kv_cache_memory_bytes is not None)
     if kv_cache is not None:
         args.kv_cache_memory_bytes = kv_cache
-    uvloop.run(serve(settings, args))
+    uvloop.run(serve(settings, args, maps))

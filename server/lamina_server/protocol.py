@@ -46,6 +46,8 @@ class HiddenStatesRequest(_Strict):
     encoding_format: EncodingFormat = "float"
     dtype: DType = "float32"
     model: StrictStr | None = None
+    # An alignment map loaded at start (--map): the answer is in its target's space.
+    map: StrictStr | None = None
     # Accepted for compatibility with existing clients; they do not change the answer.
     max_tokens: Annotated[int, Field(ge=0)] | None = Field(
         default=None, validation_alias=AliasChoices("max_tokens", "maxTokens")
@@ -130,6 +132,42 @@ class HiddenStatesResponse(BaseModel):
     data: list[PromptStates]
 
 
+class MapInfo(BaseModel):
+    """An alignment map the server applies (``--map``), as ``/health`` lists it."""
+
+    name: str
+    source_model: str
+    target_model: str
+    layers: list[int]  # of the served model, concatenated in this order
+    target_layers: list[int]
+    pooling: Pooling
+    method: str
+    input_size: int
+    output_size: int
+
+
+class MappedState(BaseModel):
+    index: int
+    prompt_tokens: int
+    hidden_state: Any
+
+
+class MappedHiddenStatesResponse(BaseModel):
+    """``/v1/hidden_states`` with ``map``: one target-space vector per prompt (per token
+    for ``all``) in ``hidden_states`` and ``data``; ``layers`` are the source layers the
+    map read; ``metadata.hidden_size`` is the size of the answer's vectors."""
+
+    hidden_states: list[Any]
+    layer: int
+    model: str
+    prompt_tokens: list[int]
+    metadata: HiddenStatesMetadata
+    layers: list[int]
+    resolved_layers: list[int]
+    map: MapInfo
+    data: list[MappedState]
+
+
 class Limits(BaseModel):
     """What one request may ask for (clients batch by these)."""
 
@@ -154,3 +192,4 @@ class Health(BaseModel):
     memory: str  # model weights in the engine, e.g. "7.84GB" (the seed's format)
     weights_bytes: int
     limits: Limits
+    maps: list[MapInfo] = []

@@ -6,9 +6,10 @@ It talks to the engine through :class:`HiddenStateEngine`, implemented over vLLM
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,9 +18,10 @@ import orjson
 
 from .config import LaminaSettings, Pooling
 from .encoding import BYTES_PER_VALUE, DType, EncodingFormat, encode_array, safetensors_bytes
-from .errors import LaminaError, invalid, too_large
+from .errors import ErrorType, LaminaError, invalid, too_large
 from .layers import resolve_layers
 from .limits import response_bytes
+from .maps import LoadedMap
 from .metrics import Metrics
 from .protocol import (
     EmbeddingsRequest,
@@ -116,6 +118,7 @@ class Plan:
     pooling: Pooling
     encoding_format: EncodingFormat
     dtype: DType
+    map: LoadedMap | None = None  # the answer is this map applied to ``layers``
 
     @property
     def prompt_tokens(self) -> list[int]:
@@ -128,10 +131,17 @@ class HiddenStateService:
     Planning (tokenizing, templating, checking token ids) and rendering are CPU work
     that grows with the input: callers run them with :func:`~lamina_server.worker.in_worker`."""
 
-    def __init__(self, engine: HiddenStateEngine, settings: LaminaSettings, metrics: Metrics):
+    def __init__(
+        self,
+        engine: HiddenStateEngine,
+        settings: LaminaSettings,
+        metrics: Metrics,
+        maps: Mapping[str, LoadedMap] | None = None,
+    ):
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
+        self.maps = dict(maps or {})
 
     @property
     def facts(self) -> ModelFacts:
@@ -203,14 +213,19 @@ class HiddenStateService:
         )
 
     def _check_bytes(self, plan: Plan) -> None:
-        size = response_bytes(
-            total_tokens=sum(plan.prompt_tokens),
-            num_prompts=len(plan.token_ids),
-            num_layers=len(plan.layers),
-            hidden_size=self.facts.hidden_size,
-            dtype=plan.dtype,
-            pooling=plan.pooling,
-        )
+        def size_of(num_layers: int, hidden_size: int) -> int:
+            return response_bytes(
+                total_tokens=sum(plan.prompt_tokens),
+                num_prompts=len(plan.token_ids),
+                num_layers=num_layers,
+                hidden_size=hidden_size,
+                dtype=plan.dtype,
+                pooling=plan.pooling,
+            )
+
+        size = size_of(len(plan.layers), self.facts.hidden_size)
+        if plan.map is not None:  # the extracted layers, or the mapped answer if larger
+            size = max(size, size_of(1, plan.map.output_size))
         if size > self.settings.max_response_bytes:
             raise too_large(
                 f"the answer would hold {size} bytes of hidden states, over the "
@@ -218,25 +233,46 @@ class HiddenStateService:
                 "layers or tokens, a pooled answer, or a 2-byte dtype"
             )
 
+    def _map(self, name: str) -> LoadedMap:
+        if name not in self.maps:
+            loaded = ", ".join(sorted(self.maps)) or "none (start the server with --map NAME=PATH)"
+            raise LaminaError(
+                ErrorType.NOT_FOUND, f"no map {name!r} on this server; loaded maps: {loaded}"
+            )
+        return self.maps[name]
+
     def plan_hidden_states(self, req: HiddenStatesRequest) -> Plan:
+        wmap = self._map(req.map) if req.map is not None else None
         if req.layers is not None:
             layers = list(req.layers)
         elif req.layer is not None:
             layers = [req.layer]
+        elif wmap is not None:
+            layers = list(wmap.layers)
         else:
             layers = list(self.settings.default_layers)
         resolved = resolve_layers(layers, self.facts.num_layers, self.settings.allowed_layers)
+        pooling = req.pooling or (wmap.pooling if wmap else self.settings.default_pooling)
+        if wmap is not None:
+            fitted = resolve_layers(list(wmap.layers), self.facts.num_layers, None)
+            if resolved != fitted or pooling != wmap.pooling:
+                raise invalid(
+                    f"map {wmap.name!r} was fitted on layers {list(wmap.layers)} with pooling "
+                    f"{wmap.pooling!r}, not layers {layers} with pooling {pooling!r}: leave "
+                    "out 'layers' and 'pooling', or ask for exactly these"
+                )
         plan = Plan(
             token_ids=[],
             layers=layers,
             resolved=resolved,
-            pooling=req.pooling or self.settings.default_pooling,
+            pooling=pooling,
             encoding_format=req.encoding_format,
             dtype=req.dtype,
+            map=wmap,
         )
         # Cheap checks first: a request that is too big by prompt count alone
         # never gets tokenized.
-        plan = Plan(**{**plan.__dict__, "token_ids": self._tokens(req.prompts)})
+        plan = replace(plan, token_ids=self._tokens(req.prompts))
         self._check_bytes(plan)
         return plan
 
@@ -276,6 +312,14 @@ class HiddenStateService:
                 nbytes += per_prompt[layer].size * BYTES_PER_VALUE[plan.dtype]
         self.metrics.hidden_state_bytes.inc(nbytes)
         return results
+
+    async def run_mapped(self, plan: Plan) -> list[F32]:
+        """Extract the planned layers and apply the plan's map (off the event loop: a
+        large map is a large matrix product): per prompt ``[output]`` or
+        ``[tokens, output]``."""
+        assert plan.map is not None
+        results = await self.run(plan)
+        return await asyncio.to_thread(map_states, plan.map, plan.resolved, results)
 
     # -- rendering ---------------------------------------------------------------
 
@@ -341,6 +385,61 @@ class HiddenStateService:
         }
         return safetensors_bytes(tensors, plan.dtype, metadata)
 
+    def render_mapped_json(self, plan: Plan, mapped: list[F32]) -> dict[str, Any]:
+        """The :class:`~lamina_server.protocol.MappedHiddenStatesResponse` object (numpy
+        arrays inside: see :func:`dumps_json`)."""
+        assert plan.map is not None
+        prompt_tokens = plan.prompt_tokens
+        data = [
+            {
+                "index": i,
+                "prompt_tokens": prompt_tokens[i],
+                "hidden_state": encode_array(vectors, plan.encoding_format, plan.dtype),
+            }
+            for i, vectors in enumerate(mapped)
+        ]
+        return {
+            "hidden_states": [d["hidden_state"] for d in data],
+            "layer": plan.layers[0],
+            "model": self.facts.name,
+            "prompt_tokens": prompt_tokens,
+            "metadata": {
+                "num_prompts": len(plan.token_ids),
+                "hidden_size": plan.map.output_size,
+                "dtype": plan.dtype,
+                "engine_dtype": self.facts.dtype,
+                "num_layers": self.facts.num_layers,
+                "pooling": plan.pooling,
+                "encoding_format": plan.encoding_format,
+            },
+            "layers": plan.layers,
+            "resolved_layers": plan.resolved,
+            "map": plan.map.describe(),
+            "data": data,
+        }
+
+    def render_mapped_safetensors(self, plan: Plan, mapped: list[F32]) -> bytes:
+        """Tensor ``mapped`` = ``[prompts, output]`` when pooled, else
+        ``prompt.<i>.mapped`` = ``[tokens, output]``; the map and facts in metadata."""
+        assert plan.map is not None
+        if plan.pooling == "all":
+            tensors = {f"prompt.{i}.mapped": v for i, v in enumerate(mapped)}
+        else:
+            tensors = {"mapped": np.stack(mapped)}
+        metadata = {
+            "model": self.facts.name,
+            "map": plan.map.name,
+            "target_model": plan.map.target_model,
+            "target_layers": json.dumps(list(plan.map.target_layers)),
+            "layers": json.dumps(plan.layers),
+            "resolved_layers": json.dumps(plan.resolved),
+            "prompt_tokens": json.dumps(plan.prompt_tokens),
+            "pooling": plan.pooling,
+            "hidden_size": str(plan.map.output_size),
+            "engine_dtype": self.facts.dtype,
+        }
+        return safetensors_bytes(tensors, plan.dtype, metadata)
+
     def render_embeddings(self, plan: Plan, results: list[dict[int, F32]]) -> dict[str, Any]:
         """The OpenAI embeddings object (numpy arrays inside: see :func:`dumps_json`)."""
         absolute = plan.resolved[0]
@@ -358,3 +457,13 @@ class HiddenStateService:
             "model": self.facts.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+def map_states(
+    wmap: LoadedMap, resolved: Sequence[int], results: list[dict[int, F32]]
+) -> list[F32]:
+    """Per prompt, the map applied to its layers' vectors side by side (in the map's order)."""
+    inputs = [np.concatenate([r[layer] for layer in resolved], axis=-1) for r in results]
+    if inputs[0].ndim == 1:  # pooled: one matrix product for all prompts
+        return list(wmap.apply(np.stack(inputs)))
+    return [wmap.apply(rows) for rows in inputs]

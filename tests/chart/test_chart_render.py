@@ -17,6 +17,8 @@ import pytest
 import yaml
 from chart.chart_helpers import CHART, RELEASE, Helm, find, manifests
 from kube_cluster import REPO
+from lamina_operator.__main__ import parse_args
+from lamina_operator.__main__ import settings as operator_settings
 from lamina_operator.render import Owner, render_hpa
 from lamina_operator.spec import LLMDeploymentSpec
 
@@ -170,7 +172,7 @@ def test_adapter_rule_serves_the_metric_the_operator_hpa_targets(helm: Helm) -> 
     assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
 
     spec = LLMDeploymentSpec.model_validate(
-        {"model": {"name": "m"}, "autoscaling": {"enabled": True}}
+        {"model": {"name": "m"}, "autoscaling": {"enabled": True, "autoscaler": "HPA"}}
     )
     hpa = render_hpa(Owner(name="x", namespace="ns", uid="u"), spec)
     pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if "pods" in m]
@@ -260,3 +262,20 @@ def test_every_value_has_a_param_comment() -> None:
     keys |= set(_OPAQUE)
     assert keys - documented == set()
     assert documented - keys == set()
+
+
+def test_the_prometheus_keda_reads_reaches_the_operators_settings(helm: Helm) -> None:
+    objects = render(
+        helm,
+        "--set", "autoscaling.prometheus.serverAddress=http://prom.monitoring.svc:9090",
+        "--set", "autoscaling.prometheus.authenticationRef=prom-token",
+    )  # fmt: skip
+    (deployment,) = find(objects, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = operator_settings(parse_args(args))
+    assert settings.prometheus.server_address == "http://prom.monitoring.svc:9090"
+    assert settings.prometheus.authentication_ref == "prom-token"
+    (default,) = find(render(helm), "Deployment")
+    assert not any(
+        "prometheus" in a for a in default["spec"]["template"]["spec"]["containers"][0]["args"]
+    )

@@ -28,7 +28,7 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-FIELDS = {"prompts", "layers", "layer", "pooling", "dtype", "encoding_format"}
+FIELDS = {"prompts", "layers", "layer", "pooling", "dtype", "encoding_format", "map"}
 
 
 def tokens(prompt: str | list[int]) -> list[int]:
@@ -80,6 +80,29 @@ def error(status: int, kind: str, message: str, retry_after: str | None = None) 
 
 
 @dataclass
+class FakeMap:
+    """An alignment map the fake server applies: ``concat(layers) @ weight + bias``."""
+
+    layers: list[int]
+    pooling: str
+    weight: F32
+    bias: F32
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "source_model": "fake/model",
+            "target_model": "fake/target",
+            "layers": self.layers,
+            "target_layers": [-2],
+            "pooling": self.pooling,
+            "method": "procrustes",
+            "input_size": int(self.weight.shape[0]),
+            "output_size": int(self.weight.shape[1]),
+        }
+
+
+@dataclass
 class FakeServer:
     num_layers: int = 4
     hidden_size: int = 8
@@ -91,6 +114,7 @@ class FakeServer:
     loading: int = 0  # answer 503 to this many /health requests first
     requests: list[httpx.Request] = field(default_factory=list)
     scripted: list[httpx.Response] = field(default_factory=list)
+    maps: dict[str, FakeMap] = field(default_factory=dict)
 
     # -- what tests look at -----------------------------------------------------
 
@@ -107,6 +131,12 @@ class FakeServer:
         s = self.states(prompt, layer)
         pooled = s if pooling == "all" else s[-1] if pooling == "last" else s.mean(0)
         return rounded(pooled.astype(np.float32), dtype)
+
+    def mapped(self, prompt: str | list[int], name: str, dtype: str = "float32") -> F32:
+        """What map ``name`` answers for ``prompt``: ``[output]`` or ``[tokens, output]``."""
+        m = self.maps[name]
+        x = np.concatenate([self.expected(prompt, la, m.pooling) for la in m.layers], axis=-1)
+        return rounded((x @ m.weight + m.bias).astype(np.float32), dtype)
 
     def batches(self) -> list[int]:
         """Prompt counts of the hidden-state requests, in order (refused ones too)."""
@@ -155,6 +185,8 @@ class FakeServer:
             "dtype": "float32",
             "max_model_len": 512,
         }
+        if self.maps:
+            answer["maps"] = [m.describe(name) for name, m in self.maps.items()]
         if self.max_prompts is not None:
             answer["limits"] = {
                 "max_prompts_per_request": self.max_prompts,
@@ -170,6 +202,8 @@ class FakeServer:
         prompts, layers = req["prompts"], req.get("layers", [-2])
         pooling, dtype = req.get("pooling", "last"), req.get("dtype", "float32")
         fmt = req.get("encoding_format", "float")
+        if "map" in req:
+            return self.mapped_states(req["map"], prompts, dtype, fmt, request)
         for layer in layers:
             if not -self.num_layers <= layer < self.num_layers:
                 return error(422, "invalid_request_error", f"layer {layer} is out of range")
@@ -190,6 +224,54 @@ class FakeServer:
         if "application/octet-stream" in request.headers.get("accept", ""):
             return self._safetensors(raw, prompts, layers, pooling, dtype, counts)
         return self._json(raw, prompts, layers, pooling, dtype, fmt, counts)
+
+    def mapped_states(
+        self, name: str, prompts: list[Any], dtype: str, fmt: str, request: httpx.Request
+    ) -> httpx.Response:
+        if name not in self.maps:
+            return error(404, "not_found_error", f"no map {name!r} on this server")
+        m = self.maps[name]
+        counts = [len(tokens(p)) for p in prompts]
+        rows = sum(counts) if m.pooling == "all" else len(prompts)
+        width = max(len(m.layers) * self.hidden_size, int(m.weight.shape[1]))
+        if rows * width * BYTES[dtype] > self.max_response_bytes:
+            return error(413, "request_too_large", "the answer would be too large")
+        if len(prompts) > (self.max_prompts or 64):
+            return error(413, "request_too_large", f"too many prompts: {len(prompts)}")
+        mapped = [self.mapped(p, name) for p in prompts]
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            if m.pooling == "all":
+                tensors = {f"prompt.{i}.mapped": v for i, v in enumerate(mapped)}
+            else:
+                tensors = {"mapped": np.stack(mapped)}
+            body = safetensors_file(tensors, dtype, {"map": name})
+            return httpx.Response(200, content=body)
+
+        def encode(values: F32) -> Any:
+            if fmt == "base64":
+                return base64.b64encode(wire_bytes(values, dtype)).decode()
+            return rounded(values, dtype).tolist()
+
+        data = [
+            {"index": i, "prompt_tokens": counts[i], "hidden_state": encode(v)}
+            for i, v in enumerate(mapped)
+        ]
+        meta = {
+            "num_prompts": len(prompts),
+            "hidden_size": int(m.weight.shape[1]),
+            "dtype": dtype,
+            "pooling": m.pooling,
+            "encoding_format": fmt,
+        }
+        return httpx.Response(
+            200,
+            json={
+                "hidden_states": [d["hidden_state"] for d in data],
+                "metadata": meta,
+                "map": m.describe(name),
+                "data": data,
+            },
+        )
 
     def _json(
         self,

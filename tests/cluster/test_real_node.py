@@ -4,9 +4,13 @@ containers, beside kwok's fake GPU nodes, and that leaves nothing behind when st
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import subprocess
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import kube_cluster
 import pytest
@@ -92,3 +96,89 @@ def test_node_down_leaves_nothing_behind_and_up_brings_its_pods_back(
         timeout=120,
         what="the pod Running again after the node came back",
     )
+
+
+def _oci_archive(path: Path, ref: str, label: str) -> str:
+    """A one-layer image named ``ref`` as an OCI archive; returns its config digest."""
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> dict[str, Any]:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        blobs[digest] = data
+        return {"digest": digest, "size": len(data)}
+
+    layer = blob(bytes(1024))  # an empty tar
+    config = blob(
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": {"lamina.test": label}},
+                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            }
+        ).encode()
+    )
+    manifest = blob(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}],
+            }
+        ).encode()
+    )
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **manifest,
+                "annotations": {"io.containerd.image.name": ref},
+            }
+        ],
+    }
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": json.dumps(index)}
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            *files.items(),
+            *((f"blobs/sha256/{d[7:]}", b) for d, b in blobs.items()),
+        ]:
+            raw = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return str(config["digest"])
+
+
+def _image_refs() -> set[str]:
+    listing = subprocess.run(
+        [str(NODE_SH), "ctr", "images", "ls", "-q"], capture_output=True, text=True, check=True
+    )
+    return set(listing.stdout.split())
+
+
+def test_an_image_replaced_by_a_newer_import_leaves_the_disk(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # containerd's CRI plugin names each image also by its id; before `images.sh load`
+    # pruned those, every rebuilt server image (GBs) stayed, until disk pressure.
+    ref = "lamina.test/replaced:1"
+    ids = []
+    for label in ("old", "new"):
+        archive = tmp_path / f"{label}.tar"
+        ids.append(_oci_archive(archive, ref, label))
+        subprocess.run([str(NODE_SH), "ctr", "images", "import", str(archive)], check=True)
+    old, new = ids
+    try:
+        wait_until(lambda: {old, new} <= _image_refs(), timeout=30, what="CRI's id refs")
+        prune = subprocess.run(
+            [str(REPO / "hack" / "images.sh"), "prune"], capture_output=True, text=True
+        )
+        assert prune.returncode == 0, prune.stderr
+        refs = _image_refs()
+        assert old not in refs, "the replaced image is still on the node"
+        assert {ref, new} <= refs, "the current image and its id stay"
+    finally:
+        for name in (ref, old, new):
+            subprocess.run([str(NODE_SH), "ctr", "images", "rm", name], capture_output=True)

@@ -17,6 +17,8 @@ import json
 import os
 import secrets
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,6 +264,54 @@ def test_the_python_client_and_cli_find_the_deployment_and_port_forward(
     argv = ["hidden-states", "--deployment", NAME, "-n", served.namespace, "-o", str(out)]
     assert cli.main([*argv, *PROMPTS]) == 0
     np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-6)
+
+
+def test_lamina_run_starts_a_suspended_deployment_for_a_job_and_stops_it_after(
+    served: Served, tmp_path: Path
+) -> None:
+    direct = _post(f"{served.url}/v1/hidden_states", {"prompts": PROMPTS, "layers": [-2]})
+    want = np.asarray([d["layers"][0]["hidden_state"] for d in direct.json()["data"]])
+    env = {
+        **served.cluster.env,
+        "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("client", "server", "operator")),
+        "LAMINA_API_KEY": KEY,
+    }
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+
+    def lamina(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "lamina", *args]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    lamina("down", NAME, "-n", served.namespace)
+    wait_for(lambda: not served.pods(), 120, "server pods gone after lamina down")
+
+    # The job reaches the servers at $LAMINA_URL (a port-forward: we are outside the
+    # cluster); inside it, the Python API holds the deployment too.
+    out = tmp_path / "states.npy"
+    job = textwrap.dedent(f"""
+        import os, lamina, numpy
+        key = os.environ["LAMINA_API_KEY"]
+        with lamina.Client(os.environ["LAMINA_URL"], api_key=key) as c:
+            first = c.hidden_states({PROMPTS!r}, layers=-2)
+        with lamina.running({NAME!r}, {served.namespace!r}, api_key=key) as c:
+            second = c.hidden_states({PROMPTS!r}, layers=-2)
+        numpy.save({str(out)!r}, numpy.stack([first, second]))
+    """)
+    run = lamina("run", NAME, "-n", served.namespace, "--", sys.executable, "-c", job)
+    assert "pods ready" in run.stderr, "progress while it starts"
+    first, second = np.load(out)
+    np.testing.assert_allclose(first, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(second, want, rtol=0, atol=1e-6)
+    llmd = served.get_llmd()
+    assert llmd["spec"]["suspend"] is True, "put back as it was"
+    assert "lamina.dev/leases" not in llmd["metadata"].get("annotations", {})
+    wait_for(lambda: not served.pods(), 120, "server pods gone after the job")
+
+    lamina("up", NAME, "-n", served.namespace, "--wait")
+    wait_for(lambda: served.all_ready(2), START_TIMEOUT, "both pods ready again")
+    assert _post(f"{served.url}/v1/hidden_states", {"prompts": PROMPTS}).status_code == 200
 
 
 def _load(served: Served) -> Load:

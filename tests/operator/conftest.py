@@ -7,7 +7,7 @@ real process; stopped (after its LLMDeployments are deleted) at the end of the t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ def crd(cluster: Cluster) -> None:
 def run_operator(cluster: Cluster, crd: None, tmp_path: Path) -> Iterator[StartOperator]:
     started: list[tuple[str, OperatorProcess]] = []
 
-    def start(namespace: str) -> OperatorProcess:
+    def start(namespace: str, env: Mapping[str, str] | None = None) -> OperatorProcess:
         log = tmp_path / f"operator-{len(started)}.log"
-        operator = start_operator(namespace, cluster.env, log)
+        operator = start_operator(namespace, {**cluster.env, **(env or {})}, log)
         started.append((namespace, operator))
         return operator
 

@@ -60,6 +60,16 @@ ADMISSION_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"model": MODEL, "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
     ),
+    (
+        "scale to zero without KEDA",
+        {"model": MODEL, "autoscaling": {"enabled": True, "autoscaler": "HPA", "minReplicas": 0}},
+        "autoscaling.minReplicas 0 (scale to zero) needs autoscaling.autoscaler KEDA",
+    ),
+    (
+        "prometheus not a URL",
+        {"model": MODEL, "autoscaling": {"prometheus": {"serverAddress": "prometheus:9090"}}},
+        "spec.autoscaling.prometheus.serverAddress in body should match",
+    ),
     ("misspelt field", {"model": MODEL, "replcas": 2}, 'unknown field "spec.replcas"'),
     (
         "two caches",
@@ -95,6 +105,31 @@ ADMISSION_CASES: list[tuple[str, dict[str, Any], str]] = [
         "memory not a quantity",
         {"model": MODEL, "resources": {"requests": {"memory": "lots"}}},
         "spec.resources.requests.memory in body should match",
+    ),
+    (
+        "negative price",
+        {"model": MODEL, "cost": {"pricePerHour": -1}},
+        "spec.cost.pricePerHour in body should be greater than or equal to 0",
+    ),
+    (
+        "cost without a price",
+        {"model": MODEL, "cost": {"monthlyBudget": 100}},
+        "spec.cost.pricePerHour: Required value",
+    ),
+    (
+        "currency not a code",
+        {"model": MODEL, "cost": {"pricePerHour": 2, "currency": "dollars"}},
+        "spec.cost.currency in body should match '^[A-Z]{3}$'",
+    ),
+    (
+        "zero budget",
+        {"model": MODEL, "cost": {"pricePerHour": 2, "monthlyBudget": 0}},
+        "spec.cost.monthlyBudget in body should be greater than 0",
+    ),
+    (
+        "suspend over no budget",
+        {"model": MODEL, "cost": {"pricePerHour": 2, "suspendOverBudget": True}},
+        "cost.suspendOverBudget needs cost.monthlyBudget",
     ),
 ]
 

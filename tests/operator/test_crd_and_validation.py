@@ -79,6 +79,12 @@ def test_every_typed_field_is_in_the_crd() -> None:
             {"model": {"name": "m"}, "hiddenStates": {"limits": {"maxHeaderBytes": 100}}},
             "spec.hiddenStates.limits.maxHeaderBytes: Input should be greater than or equal",
         ),
+        (
+            "x",
+            {"model": {"name": "m"}, "cost": {"pricePerHour": 2, "suspendOverBudget": True}},
+            "cost.suspendOverBudget needs cost.monthlyBudget",
+        ),
+        ("x", {"model": {"name": "m"}, "cost": {"pricePerHour": -1}}, "spec.cost.pricePerHour"),
     ],
 )
 def test_invalid_specs_say_what_to_change(name: str, spec: dict[str, Any], message: str) -> None:

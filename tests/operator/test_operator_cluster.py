@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 import pytest
-import yaml
 from kube_cluster import Cluster, wait_until
-from operator_harness import OperatorProcess, StartOperator
+from operator_harness import OperatorProcess, StartOperator, condition, get, llmd
 
 pytestmark = pytest.mark.cluster
 
@@ -18,32 +17,10 @@ pytestmark = pytest.mark.cluster
 DRIFT_BOUND_SECONDS = 15
 
 
-def llmd(name: str, **spec: Any) -> str:
-    body = {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}, **spec}
-    return yaml.safe_dump(
-        {
-            "apiVersion": "lamina.dev/v1alpha1",
-            "kind": "LLMDeployment",
-            "metadata": {"name": name},
-            "spec": body,
-        }
-    )
-
-
-def get(cluster: Cluster, namespace: str, *what: str) -> Any:
-    proc = cluster.kubectl("-n", namespace, "get", *what, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
 def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: int = 90) -> None:
     cluster.kubectl(
         "-n", namespace, "wait", "--for=condition=Ready", f"llmd/{name}", f"--timeout={timeout}s"
     )
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    conditions = obj.get("status", {}).get("conditions", [])
-    return next((c for c in conditions if c["type"] == kind), {})
 
 
 def test_create_gives_ready_children_on_gpu_nodes(
@@ -208,7 +185,7 @@ def test_autoscaled_replicas_are_never_reverted(
     cluster: Cluster, namespace: str, run_operator: StartOperator
 ) -> None:
     operator = run_operator(namespace)
-    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 5}
+    auto = {"enabled": True, "autoscaler": "HPA", "minReplicas": 1, "maxReplicas": 5}
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=llmd("a", autoscaling=auto))
     wait_ready(cluster, namespace, "a")
     hpa = get(cluster, namespace, "hpa", "a")
@@ -245,7 +222,7 @@ def test_suspend_scales_to_zero_and_deletes_nothing(
     cluster: Cluster, namespace: str, run_operator: StartOperator
 ) -> None:
     run_operator(namespace)
-    auto = {"enabled": True, "minReplicas": 1, "maxReplicas": 3}
+    auto = {"enabled": True, "autoscaler": "HPA", "minReplicas": 1, "maxReplicas": 3}
     cluster.kubectl(
         "-n", namespace, "apply", "-f", "-", input=llmd("s", replicas=2, autoscaling=auto)
     )

@@ -12,7 +12,10 @@ from lamina_operator.render import (
     DEFAULT_IMAGES,
     Owner,
     ServerImages,
+    autoscaling_problem,
     cpu_threads,
+    pods_query,
+    quantity_number,
     render_children,
     render_deployment,
     render_hpa,
@@ -20,7 +23,7 @@ from lamina_operator.render import (
     render_service,
     server_args,
 )
-from lamina_operator.spec import LLMDeploymentSpec
+from lamina_operator.spec import LLMDeploymentSpec, PrometheusSource
 
 GOLDEN = Path(__file__).parent / "golden"
 OWNER = Owner(name="llama", namespace="ml", uid="0c5e6a1e-0000-4000-8000-000000000001")
@@ -36,8 +39,13 @@ SPECS: dict[str, dict[str, Any]] = {
             "minReplicas": 2,
             "maxReplicas": 6,
             "targetInFlightRequests": "16",
+            "targetQueueDepth": "500m",
             "targetCPUUtilizationPercentage": 80,
             "behavior": {"scaleUp": {"stabilizationWindowSeconds": 30, "maxPodsPerMinute": 2}},
+            "prometheus": {
+                "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+                "authenticationRef": "prometheus-token",
+            },
         },
         "secrets": {
             "hfToken": {"name": "hf", "key": "token"},
@@ -54,6 +62,12 @@ SPECS: dict[str, dict[str, Any]] = {
         "modelCache": {"persistentVolumeClaim": "model-cache"},
         "probes": {"startupTimeoutSeconds": 3600, "periodSeconds": 15},
         "service": {"annotations": {"example.com/team": "research"}},
+        # Prices change no child: only a budget hold does (below).
+        "cost": {"pricePerHour": 2.5, "monthlyBudget": 5000, "suspendOverBudget": True},
+    },
+    "hpa-autoscaled": {
+        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "autoscaling": {"enabled": True, "autoscaler": "HPA", "maxReplicas": 3},
     },
     "cpu-pipeline-off": {
         "model": {"name": "/models/tiny", "dtype": "float32", "maxModelLen": 512},
@@ -79,6 +93,15 @@ def test_children_match_golden_files(name: str) -> None:
     if os.environ.get("LAMINA_UPDATE_GOLDEN") == "1":
         golden.write_text(rendered)
     assert rendered == golden.read_text(), "re-run with LAMINA_UPDATE_GOLDEN=1 to accept"
+
+
+def test_a_budget_hold_renders_zero_pods_and_changes_nothing_else() -> None:
+    spec = _spec("tp4-autoscaled")
+    free, held = render_children(OWNER, spec), render_children(OWNER, spec, budget_hold=True)
+    assert held["Deployment"]["spec"]["replicas"] == 0
+    held["Deployment"]["spec"]["replicas"] = free["Deployment"]["spec"]["replicas"]
+    assert held == free
+    assert spec.replicas == 1  # the spec (and the HPA's scale subresource) is left alone
 
 
 def test_rendering_is_deterministic() -> None:
@@ -209,3 +232,54 @@ def test_gpu_pods_run_the_gpu_image_and_tolerate_the_gpu_taint() -> None:
 )
 def test_cpu_threads_round_the_limit_up(quantity: int | str | None, threads: int | None) -> None:
     assert cpu_threads(quantity) == threads
+
+
+def _autoscaled(**auto: Any) -> LLMDeploymentSpec:
+    return LLMDeploymentSpec.model_validate(
+        {"model": {"name": "m"}, "autoscaling": {"enabled": True, **auto}}
+    )
+
+
+def test_keda_reads_the_operators_prometheus_unless_the_spec_names_one() -> None:
+    defaults = PrometheusSource(serverAddress="http://prom:9090", authenticationRef="auth")
+    scaled = render_children(OWNER, _autoscaled(), prometheus=defaults)["ScaledObject"]
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["metadata"]["serverAddress"] == "http://prom:9090"
+    assert trigger["authenticationRef"] == {"name": "auth"}
+    own = _autoscaled(prometheus={"serverAddress": "http://mine:9090"})
+    trigger = render_children(OWNER, own, prometheus=defaults)["ScaledObject"]["spec"]["triggers"][
+        0
+    ]
+    assert trigger["metadata"]["serverAddress"] == "http://mine:9090"
+
+
+def test_keda_without_any_prometheus_renders_no_scaled_object_and_says_what_to_set() -> None:
+    spec = _autoscaled()
+    assert "ScaledObject" not in render_children(OWNER, spec)
+    problem = autoscaling_problem(spec, PrometheusSource())
+    assert problem is not None
+    assert "spec.autoscaling.prometheus.serverAddress" in problem
+
+
+def test_scale_to_zero_keeps_one_pod_while_a_job_holds_the_deployment() -> None:
+    defaults = PrometheusSource(serverAddress="http://prom:9090")
+    spec = _autoscaled(minReplicas=0, scaleToZeroAfterSeconds=120)
+    idle = render_children(OWNER, spec, prometheus=defaults)["ScaledObject"]["spec"]
+    held = render_children(OWNER, spec, prometheus=defaults, held=True)["ScaledObject"]["spec"]
+    assert (idle["minReplicaCount"], held["minReplicaCount"]) == (0, 1)
+    assert idle["cooldownPeriod"] == 120
+    assert "HorizontalPodAutoscaler" not in render_children(OWNER, spec, prometheus=defaults)
+
+
+def test_the_query_counts_only_this_deployments_pods_and_is_zero_without_pods() -> None:
+    assert pods_query(OWNER, "lamina_requests_in_flight") == (
+        'sum(lamina_requests_in_flight{namespace="ml",pod=~"llama-[a-z0-9]+-[a-z0-9]+"})'
+        " or vector(0)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("quantity", "number"), [("8", "8"), ("500m", "0.5"), ("1.5", "1.5"), ("2k", "2000")]
+)
+def test_quantities_become_keda_thresholds(quantity: str, number: str) -> None:
+    assert quantity_number(quantity) == number

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from lamina_operator.cost import account, pod_run
 from lamina_operator.render import Owner
 from lamina_operator.spec import LLMDeploymentSpec
-from lamina_operator.status import compute_status, invalid_verdict, judge, status_patch
+from lamina_operator.status import (
+    compute_status,
+    invalid_verdict,
+    judge,
+    missing_add_on,
+    status_patch,
+)
 
 OWNER = Owner(name="llama", namespace="ml", uid="u")
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
@@ -42,6 +50,7 @@ def _status(spec: LLMDeploymentSpec, deployment: dict[str, Any] | None, **kw: An
         deployment=deployment,
         previous=kw.get("previous", {}),
         now=kw.get("now", T0),
+        cost=kw.get("cost"),
     )
 
 
@@ -194,3 +203,88 @@ def test_a_past_restart_of_a_ready_server_is_not_degraded() -> None:
     status = _status_with_pods([_pod("a", False, reason="Completed", exitCode=0)])
     assert _condition(status, "Degraded")["status"] == "False"
     assert _condition(status, "Ready")["reason"] == "WaitingForReplicas"
+
+
+def test_keda_missing_is_degraded_while_the_servers_keep_serving() -> None:
+    spec = _spec(autoscaling={"enabled": True})
+    problem = missing_add_on(["KEDA"])
+    assert problem is not None
+    verdict = judge(spec, OWNER, _deployment(1, 1, 1), autoscaling_problem=problem)
+    assert verdict.ready[:2] == (True, "AllReplicasReady")
+    assert verdict.degraded[:2] == (True, "AutoscalingUnavailable")
+    assert "install KEDA" in verdict.degraded[2]
+    assert "autoscaler: HPA" in verdict.degraded[2]
+    assert missing_add_on([]) is None
+
+
+def test_scaled_to_zero_by_the_autoscaler_is_not_degraded_and_says_how_to_wake_it() -> None:
+    spec = _spec(replicas=0, autoscaling={"enabled": True, "minReplicas": 0})
+    verdict = judge(spec, OWNER, _deployment(0, 0, 0))
+    assert verdict.ready[:2] == (False, "ScaledToZero")
+    assert "lamina up llama" in verdict.ready[2]
+    assert verdict.degraded[0] is False
+
+
+def _spent_budget(suspend: bool) -> Any:
+    """A month whose budget is spent: one GPU for 24 h at 2/h against a budget of 40."""
+    cost = {"pricePerHour": 2, "monthlyBudget": 40, "suspendOverBudget": suspend}
+    spec = _spec(replicas=2, cost=cost)
+    pod = {
+        "metadata": {"uid": "u1", "name": "p"},
+        "spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        "status": {
+            "containerStatuses": [{"state": {"running": {"startedAt": "2026-11-01T00:00:00Z"}}}]
+        },
+    }
+    now = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    run = pod_run(pod, "nvidia.com/gpu", gone=False, observed_at=now)
+    return spec, account(spec, None, [run], now, 60)
+
+
+def test_a_spent_budget_with_suspend_holds_the_pods_and_says_why() -> None:
+    spec, report = _spent_budget(suspend=True)
+    deployment = _deployment(0, 0, 0)
+    held = report.budget.exceeded[2]
+    status = compute_status(
+        owner=OWNER,
+        generation=1,
+        verdict=judge(spec, OWNER, deployment, budget_hold=held),
+        spec=spec,
+        facts=None,
+        deployment=deployment,
+        previous={},
+        now=T0,
+        cost=report,
+    )
+    ready = _condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "OverBudget")
+    assert "reaching the 40.00 USD budget" in ready["message"]
+    assert status["ready"] == "0/0"
+    assert _condition(status, "BudgetExceeded")["reason"] == "BudgetSpent"
+    assert _condition(status, "BudgetWarning")["status"] == "True"
+    assert status["cost"]["cost"] == 48.0
+
+
+def test_without_a_budget_there_are_no_budget_conditions() -> None:
+    spec = _spec(cost={"pricePerHour": 2})
+    report = account(spec, None, [], dt.datetime(2026, 11, 2, tzinfo=dt.UTC), 60)
+    status = _status(spec, _deployment(1, 1, 1), cost=report)
+    assert set(_conditions(status)) == {"Ready", "Progressing", "Degraded"}
+    assert status["cost"]["cost"] == 0
+
+
+def test_an_invalid_spec_keeps_the_ledger_and_budget_conditions() -> None:
+    spec, report = _spent_budget(suspend=False)
+    before = _status(spec, _deployment(1, 1, 1), cost=report)
+    status = compute_status(
+        owner=OWNER,
+        generation=2,
+        verdict=invalid_verdict("bad"),
+        spec=None,
+        facts=None,
+        deployment=None,
+        previous=before,
+        now=T1,
+    )
+    assert status["cost"] == before["cost"]
+    assert _condition(status, "BudgetExceeded") == _condition(before, "BudgetExceeded")

@@ -81,6 +81,7 @@ def test_probes(llama_server: Server) -> None:
             "max_tokens_per_request": 4000,
             "max_response_bytes": 1 << 20,
         },
+        "maps": [],  # none loaded (--map)
     }
     assert httpx.get(f"{llama_server.url}/healthz", timeout=10).json() == {"status": "ok"}
     assert httpx.get(f"{llama_server.url}/readyz", timeout=10).status_code == 200

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from fake_engine import make_client
 from lamina_server.app import ServerState, create_app
 from lamina_server.config import (
     LaminaSettings,
-    Pooling,
     apply_environment,
     engine_dtype,
     parse_command_line,
@@ -31,11 +30,8 @@ from lamina_server.encoding import (
 from lamina_server.errors import STATUS_BY_TYPE, ErrorType, LaminaError, error_body
 from lamina_server.layers import resolve_layer, resolve_layers
 from lamina_server.limits import Admission, response_bytes
-from lamina_server.metrics import Metrics
 from lamina_server.pooling import pool
 from lamina_server.protocol import HiddenStatesResponse
-from lamina_server.service import F32, HiddenStateService, ModelFacts
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 # -- config ----------------------------------------------------------------------
@@ -230,64 +226,6 @@ def test_admission() -> None:
 
 
 # -- HTTP layer over a fake engine ---------------------------------------------------
-
-
-class FakeEngine:
-    """Deterministic 'hidden states': row p of layer l is (l + 1) * token + p."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.facts = ModelFacts(
-            "fake",
-            num_layers=4,
-            hidden_size=8,
-            max_model_len=64,
-            vocab_size=100,
-            max_chars_per_token=1,
-            dtype="float32",
-            device="cpu",
-            accelerator=None,
-            weights_bytes=1 << 20,
-        )
-        self.delay = delay
-        self.cancelled = 0
-
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [ord(c) % 100 for c in text]
-
-    def chat_text(self, messages: Any) -> str:
-        return "".join(m["content"] for m in messages)
-
-    def rows(self, ids: Sequence[int], layer: int) -> F32:
-        t = np.asarray(ids, np.float32)[:, None]
-        return ((layer + 1) * t + np.arange(8, dtype=np.float32)).astype(np.float32)
-
-    async def extract(
-        self, prompts: Sequence[Sequence[int]], layers: Sequence[int], pooling: Pooling
-    ) -> list[dict[int, F32]]:
-        try:
-            await asyncio.sleep(self.delay)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        return [{la: pool(self.rows(ids, la), pooling) for la in layers} for ids in prompts]
-
-    async def check_health(self) -> None:
-        return None
-
-
-def make_client(
-    delay: float = 0.0, **settings: Any
-) -> tuple[httpx.AsyncClient, ServerState, FakeEngine]:
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    s = LaminaSettings(**settings)
-    engine = FakeEngine(delay)
-    state = ServerState(settings=s, metrics=metrics, admission=Admission(s.max_queue_length))
-    state.service = HiddenStateService(engine, s, metrics)
-    state.ready = True
-    app = create_app(state, metrics_registry=registry)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-    return client, state, engine
 
 
 def test_hidden_states_over_fake_engine() -> None:

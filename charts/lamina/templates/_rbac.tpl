@@ -56,7 +56,12 @@ Application rules: what reconciling an LLMDeployment needs.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
-# Server pods, read-only: why they restart (OOM, a failed start) goes into status.
+# With KEDA: its ScaledObjects (KEDA itself makes and owns their HPAs).
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
+# Server pods, read-only: why they restart (OOM, a failed start) goes into status,
+# and their running time into status.cost.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
