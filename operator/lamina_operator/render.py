@@ -152,6 +152,13 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
         f"--max-tokens-per-request={hs.limits.max_tokens_per_request}",
         f"--max-response-bytes={hs.limits.max_response_bytes}",
         f"--max-queue-length={hs.limits.max_queue_length}",
+        f"--max-body-bytes={hs.limits.max_body_bytes}",
+        f"--max-json-depth={hs.limits.max_json_depth}",
+        f"--max-json-array-items={hs.limits.max_json_array_items}",
+        f"--max-json-values={hs.limits.max_json_values}",
+        f"--max-prompt-chars={hs.limits.max_prompt_chars}",
+        f"--max-chat-items={hs.limits.max_chat_items}",
+        f"--max-header-bytes={hs.limits.max_header_bytes}",
         f"--drain-timeout-seconds={drain_timeout_seconds(spec)}",
     ]
     if hs.allowed_layers:

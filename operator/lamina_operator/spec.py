@@ -172,10 +172,15 @@ class EngineSpec(ApiModel):
 
 
 class HiddenStateLimits(ApiModel):
-    """Per-request limits of the server, checked before any work is done."""
+    """Per-request limits of the server, checked before any work is done: the body,
+    JSON and header limits on every route, the others on the hidden-state routes."""
 
     max_prompts_per_request: int = Field(
-        default=64, ge=1, le=100000, description="Most prompts in one request."
+        default=64,
+        ge=1,
+        le=100000,
+        description="Most prompts in one request; on completions and chat, most "
+        "completions (prompts × n).",
     )
     max_tokens_per_request: int = Field(
         default=16384, ge=1, description="Most prompt tokens in one request, all prompts together."
@@ -188,6 +193,53 @@ class HiddenStateLimits(ApiModel):
     )
     max_queue_length: int = Field(
         default=256, ge=1, description="Requests waiting beyond this get 429 with Retry-After."
+    )
+    max_body_bytes: int = Field(
+        default=8388608,
+        ge=1024,
+        le=1073741824,
+        description="Most bytes in one request body, on every route (413 beyond).",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=256,
+        description="Deepest nesting of a request's JSON (413 beyond). At most 256: "
+        "Python's JSON parser recurses once per level.",
+    )
+    max_json_array_items: int = Field(
+        default=32768,
+        ge=16,
+        le=16777216,
+        description="Most items in one JSON array of a request, e.g. the token ids of a "
+        "prompt (413 beyond).",
+    )
+    max_json_values: int = Field(
+        default=32768,
+        ge=1024,
+        le=16777216,
+        description="Most JSON values (numbers, strings, arrays, objects, keys) in one "
+        "request body (413 beyond). Parsing holds the server's event loop about 1 µs "
+        "per value: raise it only with the health probes' timeouts in mind.",
+    )
+    max_prompt_chars: int = Field(
+        default=1000000,
+        ge=1,
+        le=100000000,
+        description="Most characters of text prompts in one request for hidden states "
+        "or embeddings, checked before tokenizing (413 beyond).",
+    )
+    max_chat_items: int = Field(
+        default=1024,
+        ge=1,
+        le=1048576,
+        description="Most messages, content parts and tools in one chat request (413 beyond).",
+    )
+    max_header_bytes: int = Field(
+        default=65536,
+        ge=4096,
+        le=16777216,
+        description="Most bytes of a request line and its headers (431 beyond).",
     )
 
 
@@ -226,7 +278,8 @@ class HiddenStatesSpec(ApiModel):
         "token, the mean over tokens, or all tokens.",
     )
     limits: HiddenStateLimits = Field(
-        default_factory=HiddenStateLimits, description="Per-request limits."
+        default_factory=HiddenStateLimits,
+        description="Per-request limits (body, JSON and headers on every route).",
     )
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
@@ -25,17 +25,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import LaminaSettings
 from .errors import ErrorType, LaminaError, error_body, normalized_error, too_large
-from .limits import Admission, json_problem
+from .limits import Admission, ParseLane, json_problem
 from .maps import LoadedMap
 from .metrics import Metrics, route_label
 from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits, MapInfo
 from .service import HiddenStateService, ModelFacts, dumps_json
+from .worker import in_worker
 
 log = logging.getLogger("lamina_server")
 
 OPEN_PATHS = frozenset({"/health", "/healthz", "/readyz", "/metrics", "/metrics/"})
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
+# Bodies from this size on are parsed one at a time (see ParseLane): well under a
+# millisecond of parsing below it.
+PARSE_LANE_BYTES = 16 << 10
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +53,7 @@ class ServerState:
     admission: Admission
     service: HiddenStateService | None = None
     ready: bool = False
+    lane: ParseLane = field(default_factory=lambda: ParseLane(PARSE_LANE_BYTES))
 
     @property
     def facts(self) -> ModelFacts | None:
@@ -98,6 +103,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
     if task.cancelled():
         return None
     return task.result()
+
+
+def json_bytes(render: Callable[..., Any], *args: Any) -> bytes:
+    """``render(*args)`` serialised (called on the worker thread)."""
+    return dumps_json(render(*args))
 
 
 def health_answer(
@@ -155,24 +165,26 @@ def build_router(state: ServerState) -> APIRouter:
         async def handle() -> Response:
             req = parse_body(HiddenStatesRequest, await request.body())
             service = _service(state)
-            plan = service.plan_hidden_states(req)
+            plan = await in_worker(service.plan_hidden_states, req)
             binary = OCTET_STREAM in request.headers.get("accept", "")
+            # Rendered on the worker thread, in short C calls: probes keep their turn.
             if plan.map is not None:
                 mapped = await cancel_on_disconnect(request, service.run_mapped(plan))
                 if mapped is None:
                     return Response(status_code=CLIENT_GONE)
                 if binary:
-                    body = service.render_mapped_safetensors(plan, mapped)
+                    body = await in_worker(service.render_mapped_safetensors, plan, mapped)
                     return Response(body, media_type=OCTET_STREAM)
-                answer = service.render_mapped_json(plan, mapped)
-                return Response(dumps_json(answer), media_type=JSON)
+                body = await in_worker(json_bytes, service.render_mapped_json, plan, mapped)
+                return Response(body, media_type=JSON)
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
                 return Response(status_code=CLIENT_GONE)
             if binary:
-                body = service.render_safetensors(plan, results)
+                body = await in_worker(service.render_safetensors, plan, results)
                 return Response(body, media_type=OCTET_STREAM)
-            return Response(dumps_json(service.render_json(plan, results)), media_type=JSON)
+            body = await in_worker(json_bytes, service.render_json, plan, results)
+            return Response(body, media_type=JSON)
 
         return await guarded(handle)
 
@@ -185,11 +197,12 @@ def build_router(state: ServerState) -> APIRouter:
         async def handle() -> Response:
             req = parse_body(EmbeddingsRequest, await request.body())
             service = _service(state)
-            plan = service.plan_embeddings(req)
+            plan = await in_worker(service.plan_embeddings, req)
             results = await cancel_on_disconnect(request, service.run(plan))
             if results is None:
                 return Response(status_code=CLIENT_GONE)
-            return Response(dumps_json(service.render_embeddings(plan, results)), media_type=JSON)
+            body = await in_worker(json_bytes, service.render_embeddings, plan, results)
+            return Response(body, media_type=JSON)
 
         return await guarded(handle)
 
@@ -236,13 +249,59 @@ def build_router(state: ServerState) -> APIRouter:
     return router
 
 
+# The routes served (DESIGN.md's contract) and their methods. vLLM's app has more
+# (/tokenize, /v1/responses, /v1/messages, /scale_elastic_ep, ...), each with its own
+# costly inputs to harden: they are not served (404 before any body is read).
+_GET, _POST = frozenset({"GET", "OPTIONS"}), frozenset({"POST", "OPTIONS"})
+ROUTES: dict[str, frozenset[str]] = {
+    "/v1/hidden_states": _POST,
+    "/v1/embeddings": _POST,
+    "/v1/completions": _POST,
+    "/v1/chat/completions": _POST,
+    "/v1/models": _GET,
+    "/health": _GET,
+    "/healthz": _GET,
+    "/readyz": _GET,
+    "/metrics": _GET,
+    "/metrics/": _GET,
+}
+
+
+def head_problem(scope: Scope, max_bytes: int) -> LaminaError | None:
+    """431 for a request line and headers over ``max_bytes``. h11 checks this only
+    while the head is incomplete: one that arrives whole in one socket read (up to
+    256 KiB) would pass it."""
+    size = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+    size += sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+    if size <= max_bytes:
+        return None
+    return LaminaError(
+        ErrorType.HEADERS_TOO_LARGE,
+        f"request line and headers of about {size} bytes are over the {max_bytes}-byte limit",
+    )
+
+
+def route_problem(method: str, path: str) -> LaminaError | None:
+    """404 for a path that is not served, 405 for a method a route does not take."""
+    methods = ROUTES.get(path)
+    if methods is None:
+        return LaminaError(ErrorType.NOT_FOUND, f"no route {path[:200]}")
+    if method not in methods:
+        return LaminaError(
+            ErrorType.METHOD_NOT_ALLOWED,
+            f"{path} takes {' or '.join(sorted(methods - {'OPTIONS'}))}, not {method[:20]}",
+            allow=", ".join(sorted(methods)),
+        )
+    return None
+
+
 CLOSE = (b"connection", b"close")
 # nginx's code for "client closed the request": how a disconnect is counted in
 # lamina_requests_total (not as a 500).
 CLIENT_GONE = 499
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Bodies above this are scanned off the event loop (probes keep answering).
-SCAN_IN_THREAD_BYTES = 1 << 20
+# Bodies above this are scanned off the event loop (a few ms of scanning at most
+# inline; probes keep answering).
+SCAN_IN_THREAD_BYTES = 16 << 10
 ENGINE_DTYPE_HEADER = b"x-lamina-engine-dtype"
 
 
@@ -274,14 +333,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that first gives ``body`` whole, then the client's next messages."""
+def replay_body(body: bytes, receive: Receive, lane: ParseLane) -> Receive:
+    """``receive`` that first gives ``body`` whole (through ``lane``, as it is parsed
+    right after), then the client's next messages."""
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
+            await lane.enter(body)
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
@@ -289,14 +350,15 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 async def check_body(scope: Scope, receive: Receive, settings: LaminaSettings) -> bytes | None:
-    """The body, within the size limit and (if JSON) cheap to parse; None on disconnect."""
+    """The body, within the size limit and cheap to parse; None on disconnect. Every
+    body is scanned, whatever its content type: every route that takes one parses it
+    as JSON (Lamina's whatever the type, as ``curl -d`` sends form-encoded)."""
     body = await read_body(scope, receive, settings.max_body_bytes)
-    content_type = _header(scope, b"content-type") or JSON
-    if body is None or "json" not in content_type:
+    if body is None:
         return body
-    args = (body, settings.max_json_depth, settings.max_json_array_items)
+    args = (body, settings.max_json_depth, settings.max_json_array_items, settings.max_json_values)
     if len(body) > SCAN_IN_THREAD_BYTES:
-        problem = await asyncio.to_thread(json_problem, *args)
+        problem = await in_worker(json_problem, *args)
     else:
         problem = json_problem(*args)
     if problem is not None:
@@ -382,8 +444,14 @@ class LaminaMiddleware:
                     LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key"),
                 )
                 return
+            problem = head_problem(scope, state.settings.max_header_bytes) or route_problem(
+                scope["method"], path
+            )
+            if problem is not None:
+                await self._reject(send_and_record, problem)
+                return
             app_receive: Receive = receive_and_watch
-            if scope["method"] in BODY_METHODS:
+            if scope["method"] == "POST":
                 # Read and checked here, once, for every route (vLLM's too), so no
                 # parser behind sees a body over the limits.
                 try:
@@ -393,7 +461,7 @@ class LaminaMiddleware:
                     return
                 if body is None:
                     return
-                app_receive = replay_body(body, receive_and_watch)
+                app_receive = replay_body(body, receive_and_watch, state.lane)
             if path.startswith("/v1/") and path != "/v1/models":
                 try:
                     state.admission.admit()

@@ -31,15 +31,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .app import ServerState, error_response, replay_body, validation_message
 from .errors import ErrorType, LaminaError, invalid
+from .openai_checks import CHAT, completion_problem
 from .protocol import HiddenStatesRequest
-from .service import dumps_json
+from .service import F32, HiddenStateService, Plan, dumps_json
+from .worker import in_worker
 
 log = logging.getLogger("lamina_server")
 
 FIELD = "output_hidden_states"
 LEGACY_LAYER = "hidden_state_layer"
 _OPTIONS = {"layers", "layer", "pooling", "encoding_format", "dtype"}
-CHAT = "/v1/chat/completions"
 PATHS = ("/v1/completions", CHAT)
 
 
@@ -75,6 +76,37 @@ def hidden_states_request(
         raise invalid(f"{FIELD}: {validation_message(e)}") from None
 
 
+def plan_for(service: HiddenStateService, path: str, body: dict[str, Any], option: Any) -> Plan:
+    """The hidden-state plan of a completion (for chat, of its rendered conversation):
+    tokenizing and templating (on the worker thread)."""
+    chat_tokens = None
+    if path == CHAT:
+        chat_tokens = service.chat_tokens(
+            body.get("messages"), bool(body.get("add_special_tokens", False))
+        )
+    return service.plan_hidden_states(hidden_states_request(body, option, chat_tokens))
+
+
+def merged_answer(
+    service: HiddenStateService,
+    plan: Plan,
+    results: list[dict[int, F32]],
+    completion: bytes,
+    legacy: bool,
+    single: bool,
+) -> bytes:
+    """vLLM's completion answer with the hidden states in it (on the worker thread)."""
+    merged = json.loads(completion)  # vLLM's JSON may spell -Infinity (orjson refuses it)
+    rendered = service.render_json(plan, results)
+    if not legacy:
+        merged["hidden_states"] = rendered
+    else:
+        vectors = rendered["hidden_states"]
+        merged["hidden_states"] = vectors[0] if single else vectors
+        merged["hidden_states_metadata"] = rendered["metadata"]
+    return dumps_json(merged)
+
+
 def legacy_option(option: Any, layer: Any) -> dict[str, Any]:
     """The options meant by ``output_hidden_states: true`` + ``hidden_state_layer``."""
     if option is not True:
@@ -107,23 +139,25 @@ class CompletionsHiddenStates:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        body: Any = None
-        if FIELD.encode() in raw or LEGACY_LAYER.encode() in raw:
-            # orjson, not json: it refuses lone surrogates (text no tokenizer takes)
-            # and deep nesting with a ValueError instead of a RecursionError.
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                # vLLM must not get the request with our field left in it.
-                await error_response(invalid(f"invalid JSON: {e}"))(scope, receive, send)
-                return
+        # orjson, not json: it refuses lone surrogates (text no tokenizer takes), NaN
+        # and deep nesting with a ValueError instead of a RecursionError. The body is
+        # within the middleware's limits, so this parse is short.
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            await error_response(invalid(f"invalid JSON: {e}"))(scope, receive, send)
+            return
+        problem = completion_problem(scope["path"], body, self.state.settings)
+        if problem is not None:
+            await error_response(problem)(scope, receive, send)
+            return
         if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
-            await self.app(scope, replay_body(raw, receive), send)
+            await self.app(scope, replay_body(raw, receive, self.state.lane), send)
             return
         option = body.pop(FIELD, None)
         legacy_layer = body.pop(LEGACY_LAYER, None)
         if option is False or option is None:
-            await self.app(scope, replay_body(json.dumps(body).encode(), receive), send)
+            await self.app(scope, replay_body(orjson.dumps(body), receive, self.state.lane), send)
             return
         try:
             if legacy_layer is not None:
@@ -131,14 +165,9 @@ class CompletionsHiddenStates:
             service = self.state.service
             if service is None or not self.state.ready:
                 raise LaminaError(ErrorType.DRAINING, "model is still loading")
-            chat_tokens = None
-            if scope["path"] == CHAT:
-                if body.get("stream"):
-                    raise invalid(f"{FIELD} is not supported with stream=true")
-                chat_tokens = service.engine.chat_tokens(
-                    body.get("messages"), bool(body.get("add_special_tokens", False))
-                )
-            plan = service.plan_hidden_states(hidden_states_request(body, option, chat_tokens))
+            if scope["path"] == CHAT and body.get("stream"):
+                raise invalid(f"{FIELD} is not supported with stream=true")
+            plan = await in_worker(plan_for, service, scope["path"], body, option)
         except LaminaError as e:
             await error_response(e)(scope, receive, send)
             return
@@ -151,7 +180,9 @@ class CompletionsHiddenStates:
             elif message["type"] == "http.response.body":
                 captured["body"].append(message.get("body", b""))
 
-        completion = self.app(scope, replay_body(json.dumps(body).encode(), receive), capture)
+        completion = self.app(
+            scope, replay_body(orjson.dumps(body), receive, self.state.lane), capture
+        )
         try:
             _, results = await asyncio.gather(completion, service.run(plan))
         except LaminaError as e:
@@ -165,16 +196,9 @@ class CompletionsHiddenStates:
         start = captured.get("start") or {"status": 500, "headers": []}
         payload = b"".join(captured["body"])
         if start["status"] == 200:
-            merged = json.loads(payload)
-            rendered = service.render_json(plan, results)
-            if legacy_layer is None:
-                merged["hidden_states"] = rendered
-            else:
-                vectors = rendered["hidden_states"]
-                single = isinstance(body.get("prompt"), str) or scope["path"] == CHAT
-                merged["hidden_states"] = vectors[0] if single else vectors
-                merged["hidden_states_metadata"] = rendered["metadata"]
-            payload = dumps_json(merged)
+            single = isinstance(body.get("prompt"), str) or scope["path"] == CHAT
+            args = (service, plan, results, payload, legacy_layer is not None, single)
+            payload = await in_worker(merged_answer, *args)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})

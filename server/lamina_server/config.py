@@ -50,6 +50,8 @@ LAMINA_FLAGS = (
     "max-body-bytes",
     "max-json-depth",
     "max-json-array-items",
+    "max-json-values",
+    "max-chat-items",
     "max-prompt-chars",
     "max-header-bytes",
     "map",
@@ -73,9 +75,11 @@ class LaminaSettings:
     max_queue_length: int = 256
     drain_timeout_seconds: float = 30.0
     # Checked before any parsing, on every route (vLLM's too): see limits.json_problem.
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = 8 * 1024 * 1024
     max_json_depth: int = 64
-    max_json_array_items: int = 131072  # numbers in one array (token ids)
+    max_json_array_items: int = 32768  # items of one array (token ids)
+    max_json_values: int = 32768  # values in one body: bounds parse time and memory
+    max_chat_items: int = 1024  # messages, content parts and tools of a chat request
     # Text characters per request on the hidden-state routes, checked before tokenizing.
     max_prompt_chars: int = 1_000_000
     max_header_bytes: int = 64 * 1024  # request line + headers (uvicorn/h11)
@@ -138,6 +142,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_JSON_DEPTH = 256  # Python's json (vLLM's parser) recurses once per level
+
+
+def _json_depth(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_JSON_DEPTH:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_JSON_DEPTH}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Parser of Lamina's own flags (vLLM's are parsed by vLLM)."""
     d = LaminaSettings()
@@ -159,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-length", type=_positive_int, default=d.max_queue_length)
     p.add_argument("--drain-timeout-seconds", type=float, default=d.drain_timeout_seconds)
     p.add_argument("--max-body-bytes", type=parse_size, default=d.max_body_bytes)
-    p.add_argument("--max-json-depth", type=_positive_int, default=d.max_json_depth)
+    p.add_argument("--max-json-depth", type=_json_depth, default=d.max_json_depth)
     p.add_argument("--max-json-array-items", type=_positive_int, default=d.max_json_array_items)
+    p.add_argument("--max-json-values", type=_positive_int, default=d.max_json_values)
+    p.add_argument("--max-chat-items", type=_positive_int, default=d.max_chat_items)
     p.add_argument("--max-prompt-chars", type=_positive_int, default=d.max_prompt_chars)
     p.add_argument("--max-header-bytes", type=parse_size, default=d.max_header_bytes)
     p.add_argument(
@@ -248,6 +264,8 @@ def parse_command_line(
         max_body_bytes=ns.max_body_bytes,
         max_json_depth=ns.max_json_depth,
         max_json_array_items=ns.max_json_array_items,
+        max_json_values=ns.max_json_values,
+        max_chat_items=ns.max_chat_items,
         max_prompt_chars=ns.max_prompt_chars,
         max_header_bytes=ns.max_header_bytes,
         maps=tuple(pair for given in ns.map for pair in given),

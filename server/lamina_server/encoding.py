@@ -75,8 +75,21 @@ def encode_array(
     the shortest repr of its float64 widening (float32's shortest repr would parse to
     a different float64)."""
     if encoding_format == "base64":
-        return base64.b64encode(to_dtype_bytes(values, dtype)).decode("ascii")
+        return base64_text(to_dtype_bytes(values, dtype))
     return np.ascontiguousarray(round_to_dtype(values, dtype), dtype=np.float64)
+
+
+_BASE64_CHUNK = 3 << 20  # a multiple of 3 bytes: the chunks' base64 joins seamlessly
+
+
+def base64_text(data: bytes) -> str:
+    """``base64.b64encode(data)`` as text, a few MiB at a time (short C calls: a big
+    answer rendered in a thread leaves the event loop its turns)."""
+    view = memoryview(data)
+    chunks = (
+        base64.b64encode(view[i : i + _BASE64_CHUNK]) for i in range(0, len(data), _BASE64_CHUNK)
+    )
+    return b"".join(chunks).decode("ascii")
 
 
 def safetensors_bytes(

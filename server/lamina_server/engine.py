@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import signal
+import sys
 import uuid
 from argparse import Namespace
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from .capture import CAPTURE_KEY
 from .completions import CompletionsHiddenStates
 from .config import LaminaSettings, Pooling, engine_dtype
 from .errors import invalid
+from .http_protocol import LaminaH11Protocol
 from .limits import Admission
 from .maps import LoadedMap, MapError, check_against_model, read_maps
 from .metrics import Metrics
@@ -39,6 +42,7 @@ from .service import F32, HiddenStateService, ModelFacts
 log = logging.getLogger("lamina_server")
 
 WORKER_EXTENSION = "lamina_server.capture.HiddenStateCapture"
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def parse_vllm_args(argv: Sequence[str]) -> Namespace:
@@ -140,7 +144,10 @@ class VllmHiddenStateEngine:
         self.client = client
         self.facts = facts
         self.metrics = metrics
-        self._tokenizer = client.get_tokenizer()
+        # Lamina's own copy, used on Lamina's worker thread only: a fast
+        # tokenizer used from two threads fails ("Already borrowed") when one of them
+        # changes its truncation settings, as vLLM's renderer threads do.
+        self._tokenizer = copy.deepcopy(client.get_tokenizer())
         self._fetcher = _Fetcher(client)
         # Token-id prompts are rendered here, on the event loop (cheap: no tokenizer),
         # as vLLM documents for AsyncLLM.generate: a raw prompt would be rendered on
@@ -162,6 +169,7 @@ class VllmHiddenStateEngine:
             hidden_size=int(info["hidden_size"]),
             max_model_len=int(mc.max_model_len),
             vocab_size=int(mc.get_vocab_size()),
+            max_chars_per_token=int(client.get_tokenizer().max_chars_per_token),
             # The model config's dtype, what vLLM computes in (weights may be quantised).
             dtype=str(mc.dtype).removeprefix("torch."),
             device=str(info["device"]),
@@ -170,27 +178,25 @@ class VllmHiddenStateEngine:
         )
         return cls(client, facts, metrics)
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text))
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     async def check_health(self) -> None:
         await self.client.check_health()
 
-    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
+    def chat_text(self, messages: Any) -> str:
         valid = isinstance(messages, list) and all(
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
         )
         if not valid or not messages:
             raise invalid("output_hidden_states on chat needs 'messages' with text 'content' only")
         try:
-            # Rendered to text, then tokenized without added specials: what vLLM's
-            # chat path does (the template carries any BOS itself).
-            text = self._tokenizer.apply_chat_template(
+            text: str = self._tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False
             )
         except Exception as e:
             raise invalid(f"cannot apply the chat template: {e}") from None
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return text
 
     def _engine_inputs(self, prompts: Sequence[Sequence[int]]) -> list[Any]:
         """vLLM's engine inputs for token-id prompts (what ``generate`` would render)."""
@@ -258,6 +264,7 @@ class VllmHiddenStateEngine:
 
 async def warm_up(engine: VllmHiddenStateEngine) -> None:
     """Run one capture of every layer; fail loudly if the hooks never fire."""
+    # On the event loop: nothing is served yet, so no other thread uses the tokenizer.
     ids = engine.tokenize("Lamina warm-up: what is a residual stream?")
     layers = list(range(engine.facts.num_layers))
     result = await engine.extract([ids], layers, "all")
@@ -308,6 +315,9 @@ async def serve(
     from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
 
+    # The event loop waits for the GIL when Lamina's worker thread (or vLLM's) holds
+    # it: at most this long, not Python's default 5 ms, at every turn of the loop.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     metrics = Metrics()
     admission = Admission(settings.max_queue_length)
     state = ServerState(settings=settings, metrics=metrics, admission=admission)
@@ -349,8 +359,10 @@ async def serve(
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
             # h11, not httptools: only h11 bounds the request line and headers.
-            http="h11",
+            http=LaminaH11Protocol,
             h11_max_incomplete_event_size=settings.max_header_bytes,
+            # No WebSocket routes: an Upgrade header is an ordinary HTTP request.
+            ws="none",
         )
         server = NoSignalServer(config)
         app.state.server = server

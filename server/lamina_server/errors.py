@@ -22,7 +22,9 @@ class ErrorType(enum.StrEnum):
     INVALID_REQUEST = "invalid_request_error"
     UNAUTHORIZED = "authentication_error"
     NOT_FOUND = "not_found_error"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     TOO_LARGE = "request_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
     OVERLOADED = "overloaded_error"
     DRAINING = "service_unavailable"
     ENGINE = "engine_error"
@@ -32,7 +34,9 @@ STATUS_BY_TYPE: dict[ErrorType, int] = {
     ErrorType.INVALID_REQUEST: 422,
     ErrorType.UNAUTHORIZED: 401,
     ErrorType.NOT_FOUND: 404,
+    ErrorType.METHOD_NOT_ALLOWED: 405,
     ErrorType.TOO_LARGE: 413,
+    ErrorType.HEADERS_TOO_LARGE: 431,
     ErrorType.OVERLOADED: 429,
     ErrorType.DRAINING: 503,
     ErrorType.ENGINE: 500,
@@ -43,19 +47,30 @@ class LaminaError(Exception):
     """An error meant for the client: a type (hence status) and a message."""
 
     def __init__(
-        self, error_type: ErrorType, message: str, *, retry_after: int | None = None
+        self,
+        error_type: ErrorType,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.retry_after = retry_after
+        self.allow = allow  # the methods a route takes (a 405's Allow header)
 
     @property
     def status(self) -> int:
         return STATUS_BY_TYPE[self.error_type]
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        out = {}
+        if self.retry_after is not None:
+            out["Retry-After"] = str(self.retry_after)
+        if self.allow is not None:
+            out["Allow"] = self.allow
+        return out
 
     def body(self) -> dict[str, Any]:
         return error_body(self.error_type, self.message)

@@ -25,8 +25,11 @@ from pydantic import (
 from .config import Pooling
 from .encoding import DType, EncodingFormat
 
-TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+# fail_fast: a long list of bad items is one error, not one per item (pydantic would
+# otherwise build an error object, with its input, for every item: gigabytes).
+TokenIds = Annotated[list[StrictInt], Field(min_length=1, fail_fast=True)]
 Prompt = StrictStr | TokenIds
+Prompts = Annotated[list[Prompt], Field(min_length=1, fail_fast=True)]
 
 
 class _Strict(BaseModel):
@@ -36,7 +39,7 @@ class _Strict(BaseModel):
 class HiddenStatesRequest(_Strict):
     """``POST /v1/hidden_states``."""
 
-    prompts: Annotated[list[Prompt], Field(min_length=1)]
+    prompts: Prompts
     layers: Annotated[list[StrictInt], Field(min_length=1, max_length=1024)] | None = None
     layer: StrictInt | None = None
     pooling: Pooling | None = None
@@ -70,7 +73,7 @@ class HiddenStatesRequest(_Strict):
 class EmbeddingsRequest(_Strict):
     """``POST /v1/embeddings`` (OpenAI) plus ``layer`` and ``pooling``."""
 
-    input: StrictStr | Annotated[list[Prompt], Field(min_length=1)] | TokenIds
+    input: StrictStr | Prompts | TokenIds
     model: StrictStr | None = None
     encoding_format: EncodingFormat = "float"
     dimensions: StrictInt | None = None

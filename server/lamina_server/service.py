@@ -30,14 +30,26 @@ from .protocol import (
 
 F32 = npt.NDArray[np.float32]
 
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+def _array_bytes(array: npt.NDArray[Any]) -> bytes:
+    """A numpy array's JSON, a row at a time: many short C calls instead of one long
+    one, so a big answer rendered in a thread leaves the event loop its turns."""
+    if array.ndim < 2:
+        return orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+    return b"[" + b",".join(_array_bytes(row) for row in array) + b"]"
+
+
+def _array_fragment(value: Any) -> orjson.Fragment:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+    return orjson.Fragment(_array_bytes(value))
 
 
 def dumps_json(obj: Any) -> bytes:
     """Compact JSON of a rendered response (numpy arrays serialised by orjson, without
     building Python float lists; they parse to exactly the numbers ``json.dumps`` gave
     for those lists)."""
-    return orjson.dumps(obj, option=_ORJSON_OPTIONS)
+    return orjson.dumps(obj, default=_array_fragment)
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class ModelFacts:
     hidden_size: int
     max_model_len: int
     vocab_size: int
+    max_chars_per_token: int  # the longest vocabulary entry: text longer than
+    # max_model_len x this cannot fit the context, whatever it tokenizes to
     dtype: str  # what the engine computes in (float32, bfloat16, ...)
     device: str  # cpu, cuda, ...
     accelerator: str | None  # the GPU's name; None on CPU
@@ -60,15 +74,15 @@ class HiddenStateEngine(Protocol):
 
     facts: ModelFacts
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as the model's tokenizer gives them (specials included)."""
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` as the model's tokenizer gives them. Called on the
+        worker thread only (:mod:`~lamina_server.worker`)."""
         ...
 
-    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of a chat conversation as the server renders it for generation
-        (chat template with the generation prompt; specials added on top only when
-        asked, as vLLM's chat API does). Raises a 422 LaminaError when ``messages``
-        cannot be rendered."""
+    def chat_text(self, messages: Any) -> str:
+        """A chat conversation rendered for generation (the chat template with the
+        generation prompt). Raises a 422 LaminaError when ``messages`` cannot be
+        rendered. Called on the worker thread only."""
         ...
 
     async def extract(
@@ -112,7 +126,10 @@ class Plan:
 
 
 class HiddenStateService:
-    """Validates, budgets, runs and renders hidden-state and embedding requests."""
+    """Validates, budgets, runs and renders hidden-state and embedding requests.
+
+    Planning (tokenizing, templating, checking token ids) and rendering are CPU work
+    that grows with the input: callers run them with :func:`~lamina_server.worker.in_worker`."""
 
     def __init__(
         self,
@@ -147,11 +164,11 @@ class HiddenStateService:
         limit = facts.max_model_len - 1
         for i, p in enumerate(prompts):
             if isinstance(p, str):
-                check_text(p, f"prompts[{i}]")
+                self._check_text(i, p)
                 ids = self.engine.tokenize(p)
             else:
                 if len(p) > limit:  # before looking at each id
-                    raise self._too_long(i, len(p))
+                    raise self._too_long(i, f"{len(p)} tokens")
                 bad = [t for t in p if not 0 <= t < facts.vocab_size]
                 if bad:
                     raise invalid(
@@ -162,7 +179,7 @@ class HiddenStateService:
             if not ids:
                 raise invalid(f"prompts[{i}] has no tokens")
             if len(ids) > limit:
-                raise self._too_long(i, len(ids))
+                raise self._too_long(i, f"{len(ids)} tokens")
             total += len(ids)
             if total > s.max_tokens_per_request:
                 raise too_large(
@@ -172,10 +189,26 @@ class HiddenStateService:
             out.append(ids)
         return out
 
-    def _too_long(self, i: int, tokens: int) -> LaminaError:
+    def _check_text(self, i: int, text: str) -> None:
+        """Valid Unicode and not longer than the context in characters alone (the
+        longest vocabulary entry bounds the characters per token), before tokenizing."""
+        check_text(text, f"prompts[{i}]")
+        fewest = -(-len(text) // self.facts.max_chars_per_token)
+        if fewest > self.facts.max_model_len - 1:
+            raise self._too_long(i, f"{len(text)} characters (at least {fewest} tokens)")
+
+    def chat_tokens(self, messages: Any, add_special_tokens: bool) -> list[int]:
+        """Token ids of a chat conversation as vLLM's chat API makes them: rendered to
+        text, then tokenized with specials only when asked (the template carries any
+        BOS itself)."""
+        text = self.engine.chat_text(messages)
+        self._check_text(0, text)
+        return self.engine.tokenize(text, add_special_tokens)
+
+    def _too_long(self, i: int, size: str) -> LaminaError:
         max_len = self.facts.max_model_len
         return invalid(
-            f"prompts[{i}] has {tokens} tokens, longer than the model's context "
+            f"prompts[{i}] has {size}, longer than the model's context "
             f"({max_len - 1} prompt tokens at most, max_model_len={max_len})"
         )
 

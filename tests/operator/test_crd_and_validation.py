@@ -71,6 +71,16 @@ def test_every_typed_field_is_in_the_crd() -> None:
         ("x", {"model": {"name": "m"}, "surprise": 1}, "spec.surprise: Extra inputs"),
         (
             "x",
+            {"model": {"name": "m"}, "hiddenStates": {"limits": {"maxJsonDepth": 1000}}},
+            "spec.hiddenStates.limits.maxJsonDepth: Input should be less than or equal to 256",
+        ),
+        (
+            "x",
+            {"model": {"name": "m"}, "hiddenStates": {"limits": {"maxHeaderBytes": 100}}},
+            "spec.hiddenStates.limits.maxHeaderBytes: Input should be greater than or equal",
+        ),
+        (
+            "x",
             {"model": {"name": "m"}, "cost": {"pricePerHour": 2, "suspendOverBudget": True}},
             "cost.suspendOverBudget needs cost.monthlyBudget",
         ),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from lamina_operator.render import server_args
-from lamina_operator.spec import LLMDeploymentSpec
-from lamina_server.config import parse_command_line
+from lamina_operator.spec import HiddenStateLimits, LLMDeploymentSpec
+from lamina_server.config import LaminaSettings, parse_command_line
 
 SPEC = LLMDeploymentSpec.model_validate(
     {
@@ -15,7 +15,17 @@ SPEC = LLMDeploymentSpec.model_validate(
             "defaultLayers": [-2, 40],
             "allowedLayers": [-2, -1, 40],
             "defaultPooling": "mean",
-            "limits": {"maxPromptsPerRequest": 8, "maxResponseBytes": 1048576},
+            "limits": {
+                "maxPromptsPerRequest": 8,
+                "maxResponseBytes": 1048576,
+                "maxBodyBytes": 2097152,
+                "maxJsonDepth": 32,
+                "maxJsonArrayItems": 131072,
+                "maxJsonValues": 262144,
+                "maxPromptChars": 50000,
+                "maxChatItems": 64,
+                "maxHeaderBytes": 16384,
+            },
         },
     }
 )
@@ -29,6 +39,22 @@ def test_lamina_settings_come_through() -> None:
     assert settings.max_prompts_per_request == 8
     assert settings.max_response_bytes == 1048576
     assert settings.drain_timeout_seconds == 53
+    assert (settings.max_body_bytes, settings.max_json_depth) == (2097152, 32)
+    assert (settings.max_json_array_items, settings.max_json_values) == (131072, 262144)
+    assert (settings.max_prompt_chars, settings.max_chat_items) == (50000, 64)
+    assert settings.max_header_bytes == 16384
+
+
+def test_limits_default_to_the_servers_own_defaults() -> None:
+    """A pod with no limits in its spec runs with the limits the server has alone."""
+    settings, _ = parse_command_line(
+        server_args(LLMDeploymentSpec.model_validate({"model": {"name": "m"}})), env={}
+    )
+    defaults = LaminaSettings()
+    for name in HiddenStateLimits.model_fields:
+        assert (
+            getattr(settings, name) == getattr(defaults, name) == getattr(HiddenStateLimits(), name)
+        ), name
 
 
 @pytest.mark.vllm

@@ -28,6 +28,7 @@ class FakeEngine:
             hidden_size=8,
             max_model_len=64,
             vocab_size=100,
+            max_chars_per_token=1,
             dtype="float32",
             device="cpu",
             accelerator=None,
@@ -36,11 +37,11 @@ class FakeEngine:
         self.delay = delay
         self.cancelled = 0
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 100 for c in text]
 
-    def chat_tokens(self, messages: Any, add_special_tokens: bool = False) -> list[int]:
-        return self.tokenize("".join(m["content"] for m in messages))
+    def chat_text(self, messages: Any) -> str:
+        return "".join(m["content"] for m in messages)
 
     def rows(self, ids: Sequence[int], layer: int) -> F32:
         t = np.asarray(ids, np.float32)[:, None]

@@ -7,6 +7,8 @@ it. The llama and gpt2 servers are launched together so their start-ups overlap.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -167,3 +169,91 @@ class Reference:
         if pooling == "mean":
             return rows.mean(axis=0)
         return rows
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (the API server, vLLM's engine
+    core and its workers), from /proc."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        tasks = Path(f"/proc/{pids[i]}/task")
+        i += 1
+        for task in tasks.glob("*") if tasks.exists() else ():
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                pids += [int(c) for c in (task / "children").read_text().split()]
+    total = 0
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+# Runs in its own process, so the test's own work (building and sending requests)
+# never delays a probe: a fresh connection per probe, as the kubelet makes them, one
+# after the other until a line arrives on stdin; then the answers as JSON.
+_POLLER = r"""
+import http.client, json, select, sys, time
+host, port, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+answers, i = [], 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    path = paths[i % len(paths)]
+    i += 1
+    started = time.perf_counter()
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        status = response.status
+        conn.close()
+    except OSError as e:
+        status = repr(e)
+    answers.append([path, status, time.perf_counter() - started, started])
+json.dump(answers, sys.stdout)
+"""
+
+
+@dataclass
+class ProbeAnswer:
+    path: str
+    status: int | str  # the error, when there was no answer
+    seconds: float
+    started: float
+
+
+class HealthPoller:
+    """Probes ``/health``, ``/healthz`` and ``/readyz`` back to back while in use."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.answers: list[ProbeAnswer] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> HealthPoller:
+        args = ["127.0.0.1", str(self.server.port), "/health,/healthz,/readyz"]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _POLLER, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate(b"stop\n", timeout=60)
+        self.answers = [ProbeAnswer(*a) for a in json.loads(out)]
+
+    def summary(self) -> str:
+        seconds = sorted(a.seconds for a in self.answers)
+        if not seconds:
+            return "no probes"
+        p99 = seconds[min(len(seconds) - 1, int(len(seconds) * 0.99))]
+        return (
+            f"{len(seconds)} probes: max {seconds[-1] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+            f"median {seconds[len(seconds) // 2] * 1000:.1f} ms"
+        )

@@ -14,6 +14,7 @@ import pytest
 from fake_engine import make_client
 from lamina_server.app import ServerState, create_app
 from lamina_server.config import (
+    LaminaSettings,
     apply_environment,
     engine_dtype,
     parse_command_line,
@@ -508,29 +509,46 @@ def requests_by_code(state: ServerState) -> dict[str, float]:
     return out
 
 
-def test_json_problem_finds_depth_long_arrays_and_big_integers() -> None:
+def test_json_problem_finds_values_depth_long_arrays_and_big_integers() -> None:
     import json
 
     from lamina_server.limits import json_problem
 
-    def problem(body: bytes) -> str | None:
-        err = json_problem(body, 8, 100)
+    def problem(body: bytes, max_values: int = 1000) -> str | None:
+        err = json_problem(body, 8, 100, max_values)
         return None if err is None else f"{err.status} {err.message}"
 
-    # Brackets, digits and quotes inside strings do not count; fractions are not integers.
-    fine = {"p": 'a[[[[[[[[[[b 99999999999999999999 \\"[', "f": 1.123456789012345678901}
+    # Brackets, separators, digits and quotes inside strings do not count; fractions
+    # are not integers.
+    fine = {"p": 'a[[[[[[[[[[b, 99999999999999999999: \\"[' * 300, "f": 1.123456789012345678901}
     assert problem(json.dumps(fine).encode()) is None
     assert problem(b'{"e": 1e-12345678901234567890, "x": [[[[[[[1]]]]]]]}') is None
     assert problem(b"[" * 9 + b"]" * 9) == "413 JSON nested deeper than 8 levels"
-    assert problem(json.dumps({"m": list(range(101))}).encode()) == (
-        "413 an array holds more than 100 numbers"
+    assert problem(b'{"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}') == (
+        "413 JSON nested deeper than 8 levels"
     )
-    assert problem(json.dumps({"m": list(range(100))}).encode()) is None
+    # any kind of item counts, one array at a time
+    for item in (7, "s", [], {}, None):
+        long = json.dumps({"m": [item] * 101, "n": [item] * 100}).encode()
+        assert problem(long) == "413 a JSON array holds more than 100 items"
+        assert problem(json.dumps({"m": [item] * 100, "n": [item] * 100}).encode()) is None
+    # values: every one counts (keys and containers too), whatever the shape
+    assert problem(json.dumps([[1] * 50] * 9).encode(), max_values=460) is None
+    assert problem(json.dumps([[1] * 50] * 10).encode(), max_values=460) == (
+        "413 the body holds more than 460 JSON values"
+    )
+    assert problem(json.dumps({str(i): i for i in range(100)}).encode(), max_values=200) == (
+        "413 the body holds more than 200 JSON values"
+    )
+    assert problem(b'["a" "b" "c"]', max_values=2) == "413 the body holds more than 2 JSON values"
     assert problem(b'{"top_k": 9223372036854775807, "b": -9223372036854775808}') is None
     big = problem(b'{"top_k": 9223372036854775808}')
     assert big is not None
     assert big.startswith("422 integer 9223372036854775808")
     assert problem(b'{"seed": -9223372036854775809}') is not None
+    # malformed JSON is the parser's to refuse: no crash, no false alarm
+    for broken in (b'{"a": "unterminated', b"]]]}}", b'"\\', b""):
+        assert problem(broken) is None
 
 
 def test_other_layers_errors_come_in_the_envelope() -> None:
@@ -541,10 +559,15 @@ def test_other_layers_errors_come_in_the_envelope() -> None:
     async def run() -> None:
         client, _, _ = make_client()
         r = await client.get("/v1/hidden_states")
-        assert envelope_of(r, 405) == "Method Not Allowed"
-        assert r.json()["error"]["type"] == "invalid_request_error"
-        r = await client.put("/health")
-        assert envelope_of(r, 405) == "Method Not Allowed"
+        assert envelope_of(r, 405) == "/v1/hidden_states takes POST, not GET"
+        assert r.json()["error"]["type"] == "method_not_allowed"
+        assert r.headers["allow"] == "OPTIONS, POST"
+        r = await client.put("/health", content=b"[" * 100_000)
+        assert envelope_of(r, 405) == "/health takes GET, not PUT"
+        # vLLM's other routes are not served; nothing is read of an unknown route's body
+        for path in ("/tokenize", "/v1/responses", "/nope", "/v1/hidden_states/"):
+            r = await client.post(path, content=b"[" * 100_000)
+            assert envelope_of(r, 404) == f"no route {path}"
 
     asyncio.run(run())
     # FastAPI's body-parse 400, its validation list, vLLM's envelope with "param", text.
@@ -585,7 +608,7 @@ def test_body_limits_before_any_parser() -> None:
         r = await client.post("/v1/completions", content=deep + b"}")
         assert "nested deeper than 16" in envelope_of(r, 413)
         r = await client.post("/v1/completions", json={**ok, "prompt": list(range(51))})
-        assert "more than 50 numbers" in envelope_of(r, 413)
+        assert "more than 50 items" in envelope_of(r, 413)
         # Cause (c) of issue 15: vLLM fails with a 500 on integers it cannot serialise.
         r = await client.post("/v1/completions", json={**ok, "top_k": 2**64})
         assert "outside the 64-bit range" in envelope_of(r, 422)
@@ -677,3 +700,114 @@ def test_client_disconnect_is_499_logged_once_without_traceback(
     assert [r.levelname for r in lines] == ["INFO"]
     assert "client disconnected" in lines[0].getMessage()
     assert lines[0].exc_info is None
+
+
+def test_vllm_routes_get_cheap_shapes_and_no_grammars() -> None:
+    from lamina_server.openai_checks import completion_problem
+
+    s = LaminaSettings(max_chat_items=6, max_prompts_per_request=8)
+
+    def problem(path: str, body: Any) -> str | None:
+        err = completion_problem(path, body, s)
+        return None if err is None else f"{err.status} {err.message}"
+
+    chat = "/v1/chat/completions"
+    ok = {"messages": [{"role": "user", "content": "hi"}]}
+    assert problem(chat, ok) is None
+    parts = [{"type": "text", "text": "a"}] * 5
+    assert problem(chat, {"messages": [{"role": "user", "content": parts}]}) is None
+    assert problem(chat, {"messages": [{"role": "user", "content": parts + parts[:1]}]}) == (
+        "413 more than 6 messages, content parts and tools in one chat request"
+    )
+    assert problem(chat, {**ok, "tools": [{}] * 6}) is not None
+    # the shapes vLLM spends tens of microseconds and a dozen errors on, per item
+    assert problem(chat, {"messages": [{"role": "user", "content": [7] * 100_000}]}) == (
+        "422 messages[0].content must be text or a list of content-part objects"
+    )
+    for bad in ({}, 5, {"role": 5}, {"content": "x"}):
+        assert problem(chat, {"messages": [ok["messages"][0], bad]}) == (
+            "422 messages[1] must be an object with a text 'role'"
+        )
+    assert problem(chat, {"messages": "x"}) is None  # one cheap error: vLLM's own
+    assert problem("/v1/completions", [1, 2]) is None
+    # grammars are compiled in the engine: refused; plain formats pass
+    for fmt in ("text", "json_object"):
+        assert problem(chat, {**ok, "response_format": {"type": fmt}}) is None
+    for extra in (
+        {"response_format": {"type": "json_schema", "json_schema": {}}},
+        {"structured_outputs": {"regex": "a{1000}{1000}"}},
+        {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    ):
+        err = problem("/v1/completions", {"prompt": "a", **extra})
+        assert err is not None
+        assert err.startswith("422 ")
+        assert "grammar-constrained decoding" in err
+    # fan-out: prompts x n
+    assert problem("/v1/completions", {"prompt": "a", "n": 8}) is None
+    assert problem("/v1/completions", {"prompt": [1, 2, 3], "n": 8}) is None
+    assert problem("/v1/completions", {"prompt": ["a", "b"], "n": 5}) == (
+        "413 the request asks for 10 completions (prompts x n), more than 8"
+    )
+    assert problem(chat, {**ok, "n": 16384}) is not None
+
+
+def test_health_answers_while_a_prompt_is_tokenized() -> None:
+    """Tokenizing runs on the worker thread: the event loop answers probes meanwhile."""
+    import threading
+
+    async def run() -> None:
+        client, _, engine = make_client()
+        started, release = threading.Event(), threading.Event()
+        tokenize = engine.tokenize
+
+        def slow_tokenize(text: str, add_special_tokens: bool = True) -> list[int]:
+            started.set()
+            assert release.wait(30)
+            return tokenize(text)
+
+        engine.tokenize = slow_tokenize  # type: ignore[method-assign]
+        request = asyncio.create_task(client.post("/v1/hidden_states", json={"prompts": ["ab"]}))
+        assert await asyncio.to_thread(started.wait, 30)
+        for path in ("/health", "/healthz", "/readyz"):
+            assert (await client.get(path)).status_code == 200
+        assert not request.done()  # still tokenizing
+        release.set()
+        assert (await request).status_code == 200
+
+    asyncio.run(run())
+
+
+def test_parse_lane_lets_the_loop_turn_between_big_bodies() -> None:
+    from lamina_server.limits import ParseLane
+
+    async def run() -> list[str]:
+        lane = ParseLane(min_bytes=100)
+        order: list[str] = []
+
+        async def parse(name: str, size: int) -> None:
+            await lane.enter(b" " * size)
+            order.append(name)  # the caller parses right here, in the same step
+
+        async def probe() -> None:
+            order.append("probe")
+
+        await asyncio.gather(parse("big-1", 100), parse("big-2", 100), parse("small", 99), probe())
+        return order
+
+    # big-2 waits for the loop to come round (after the probe); small bodies never wait
+    assert asyncio.run(run()) == ["big-1", "small", "probe", "big-2"]
+
+
+def test_big_answers_render_in_short_calls_with_the_same_bytes() -> None:
+    from lamina_server.encoding import base64_text
+    from lamina_server.service import dumps_json
+
+    data = bytes(range(256)) * ((3 << 20) // 256 + 7)  # across a chunk boundary
+    assert base64_text(data) == base64.b64encode(data).decode()
+    rows = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float64)
+    import orjson
+
+    assert dumps_json({"x": rows, "y": rows[0]}) == orjson.dumps(
+        {"x": rows, "y": rows[0]}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
