@@ -227,13 +227,16 @@ class HiddenStateLimits(ApiModel):
         ge=1,
         le=100000000,
         description="Most characters of text prompts in one request for hidden states "
-        "or embeddings, checked before tokenizing (413 beyond).",
+        "or embeddings, and of prompts and messages for completions, checked before "
+        "tokenizing (413 beyond).",
     )
     max_chat_items: int = Field(
-        default=1024,
+        default=256,
         ge=1,
         le=1048576,
-        description="Most messages, content parts and tools in one chat request (413 beyond).",
+        description="Most messages, content parts and tools in one chat request (413 beyond). "
+        "vLLM validates each on the server's event loop, up to 80 µs for an odd one: "
+        "raise it only with the health probes' timeouts in mind.",
     )
     max_header_bytes: int = Field(
         default=65536,

@@ -10,6 +10,9 @@
 * Fan-out: one request asks for at most ``max_prompts_per_request`` completions
   (prompts x ``n``); vLLM allows ``n`` up to 16,384, and one such request kept the
   engine busy 64 s and the event loop 0.9 s at a time.
+* Text: the prompt's or the messages' characters, at most ``max_prompt_chars`` (as on
+  Lamina's own routes): vLLM tokenizes the whole text before it checks it against the
+  context, and turning a million-token answer into Python ints holds the event loop.
 * Grammar-constrained decoding (``structured_outputs``, ``response_format`` other than
   ``text`` or ``json_object``, ``tool_choice`` ``required`` or naming a function) is
   refused: the grammar is compiled in the engine, where one hostile grammar kept it
@@ -94,6 +97,30 @@ def choices_problem(body: dict[str, Any], max_choices: int) -> LaminaError | Non
     )
 
 
+def _texts(path: str, body: dict[str, Any]) -> list[Any]:
+    """The values vLLM tokenizes as text (non-strings are left to its validation)."""
+    if path != CHAT:
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, list) else [prompt]
+    messages = body.get("messages")
+    texts: list[Any] = []
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            texts += [part.get("text") for part in content if isinstance(part, dict)]
+        else:
+            texts.append(content)
+    return texts
+
+
+def text_problem(path: str, body: dict[str, Any], max_chars: int) -> LaminaError | None:
+    """More than ``max_chars`` characters of text to tokenize in one request (413)."""
+    chars = sum(len(t) for t in _texts(path, body) if isinstance(t, str))
+    if chars <= max_chars:
+        return None
+    return too_large(f"too much text: {chars} characters > {max_chars} per request")
+
+
 def completion_problem(path: str, body: Any, settings: LaminaSettings) -> LaminaError | None:
     """Why a completion or chat request must not reach vLLM, or None."""
     if not isinstance(body, dict):
@@ -101,4 +128,4 @@ def completion_problem(path: str, body: Any, settings: LaminaSettings) -> Lamina
     problem = grammar_problem(body) or choices_problem(body, settings.max_prompts_per_request)
     if problem is None and path == CHAT:
         problem = chat_problem(body, settings.max_chat_items)
-    return problem
+    return problem or text_problem(path, body, settings.max_prompt_chars)

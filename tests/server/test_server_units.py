@@ -705,7 +705,7 @@ def test_client_disconnect_is_499_logged_once_without_traceback(
 def test_vllm_routes_get_cheap_shapes_and_no_grammars() -> None:
     from lamina_server.openai_checks import completion_problem
 
-    s = LaminaSettings(max_chat_items=6, max_prompts_per_request=8)
+    s = LaminaSettings(max_chat_items=6, max_prompts_per_request=8, max_prompt_chars=10)
 
     def problem(path: str, body: Any) -> str | None:
         err = completion_problem(path, body, s)
@@ -750,6 +750,16 @@ def test_vllm_routes_get_cheap_shapes_and_no_grammars() -> None:
         "413 the request asks for 10 completions (prompts x n), more than 8"
     )
     assert problem(chat, {**ok, "n": 16384}) is not None
+    # text is counted before vLLM tokenizes it: prompts, message contents, text parts
+    too_much = "413 too much text: 11 characters > 10 per request"
+    assert problem("/v1/completions", {"prompt": "a" * 10}) is None
+    assert problem("/v1/completions", {"prompt": "a" * 11}) == too_much
+    assert problem("/v1/completions", {"prompt": ["a" * 5, "a" * 6]}) == too_much
+    assert problem("/v1/completions", {"prompt": [7] * 11}) is None  # ids: counted as ids
+    text_parts = [{"type": "text", "text": "a" * 5}, {"type": "text", "text": "a" * 6}]
+    assert problem(chat, {"messages": [{"role": "user", "content": text_parts}]}) == too_much
+    two = [{"role": "user", "content": "a" * 5}, {"role": "assistant", "content": "a" * 6}]
+    assert problem(chat, {"messages": two}) == too_much
 
 
 def test_health_answers_while_a_prompt_is_tokenized() -> None:
