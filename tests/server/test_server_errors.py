@@ -172,7 +172,8 @@ def test_former_500s_are_4xx_and_leave_the_server_unchanged(
 
 def test_405_and_vllm_400_come_in_the_envelope(llama_server: Server) -> None:
     r = httpx.get(f"{llama_server.url}/v1/completions", timeout=60)
-    assert error_of(r, 405)["message"] == "Method Not Allowed"
+    assert error_of(r, 405)["message"] == "/v1/completions takes POST, not GET"
+    assert r.headers["allow"] == "OPTIONS, POST"
     r = httpx.post(
         f"{llama_server.url}/v1/completions",
         content=b'{"prompt":',
