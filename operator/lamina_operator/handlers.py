@@ -134,6 +134,10 @@ async def keep_true(
                 metrics.observe_reconcile("retry", time.perf_counter() - started)
                 logger.warning(f"will retry in {delay:.0f}s: {error}")
                 wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
+            except Exception:  # a bug: logged, retried; the daemon must outlive it
+                metrics.observe_reconcile("error", time.perf_counter() - started)
+                logger.exception(f"reconcile failed, will retry in {delay:.0f}s")
+                wait, delay = delay, min(delay * 2, BACKOFF_MAX_SECONDS)
             # While backing off, changes wait for the backoff: they cannot fix the API.
             backing_off = delay > BACKOFF_FIRST_SECONDS
             expiry = leases.seconds_to_expiry(body["metadata"], datetime.datetime.now(datetime.UTC))
@@ -181,9 +185,13 @@ async def _end_expired_leases(kube: Kube, body: kopf.Body, post_event: PostEvent
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 def llmdeployment_changed(
-    namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
+    type: str | None, namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    if namespace and name:
+    if not (namespace and name):
+        return
+    if type == "DELETED":
+        memo.runtime.memory.forget_owner((namespace, name))
+    else:
         memo.runtime.wake((namespace, name))
 
 
@@ -202,7 +210,7 @@ def _child_changed(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
         return
     runtime: Runtime = memo.runtime
     key = (kind, meta["namespace"], meta["name"])
-    if event.get("type") == "DELETED":
+    if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
         runtime.memory.cache.gone(key)
     else:
         runtime.memory.cache.seen(key, dict(obj))

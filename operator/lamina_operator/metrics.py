@@ -14,7 +14,8 @@ from lamina_operator.cost import month_bounds
 
 RECONCILE_SECONDS = Histogram(
     "lamina_operator_reconcile_duration_seconds",
-    "Time one reconcile of an LLMDeployment took, by result (ok or retry).",
+    "Time one reconcile of an LLMDeployment took, by result (ok; retry: the API failed; "
+    "error: a bug, logged).",
     ["result"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

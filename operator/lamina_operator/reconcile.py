@@ -142,6 +142,14 @@ class Memory:
         self.departed.pop(owner, None)
         self.written.pop(owner, None)
 
+    def forget_owner(self, owner: OwnerKey) -> None:
+        """All of a deleted LLMDeployment: its children, pods and status (memory
+        must not grow with churn)."""
+        self.forget_deployment(owner)
+        self.pods.pop(owner, None)
+        for key in [k for k in (*self.applied, *self.cache.objects) if k[1:] == owner]:
+            self.forget(key)
+
     def pod_seen(self, owner: OwnerKey, name: str, pod: Manifest | None) -> None:
         """Remember a server pod's latest state (None: it is gone)."""
         pods = self.pods.setdefault(owner, {})
@@ -305,7 +313,12 @@ async def reconcile(
     )
     patch = status_patch(previous, status)
     if patch is not None:
-        memory.status_written(key, await kube.patch_status(owner.namespace, owner.name, patch))
+        try:
+            stored = await kube.patch_status(owner.namespace, owner.name, patch)
+        except RejectedByApi as error:  # e.g. a status the CRD's schema refuses: a bug
+            post_event("Warning", "StatusRejected", f"the API refused the status: {error}")
+            return status
+        memory.status_written(key, stored)
         _announce(previous, status, post_event)
     if spec is not None or cost is not None:
         # Recorded in status.cost now, or not wanted (no spec.cost); an invalid spec
