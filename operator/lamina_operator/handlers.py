@@ -99,7 +99,7 @@ def _resync_wait(status: Mapping[str, Any], refresh_seconds: int) -> float:
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=10.0)
-async def keep_true(
+async def reconcile_forever(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     """Reconcile on every change of the object or its children, and periodically."""

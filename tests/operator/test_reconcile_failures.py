@@ -117,7 +117,7 @@ async def test_the_reconcile_loop_outlives_a_failing_status_write(
     body: Any = {"metadata": {"name": "m", "namespace": "ns", "uid": "u"}, "spec": SPEC}
     logger: Any = _Logger()
     daemon = asyncio.ensure_future(
-        handlers.keep_true(stopped=stopped, body=body, memo=memo, logger=logger)
+        handlers.reconcile_forever(stopped=stopped, body=body, memo=memo, logger=logger)
     )
     try:
         async with asyncio.timeout(10):
