@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import metrics_text
 import yaml
 from kube_cluster import REPO, Cluster, wait_until
-from prometheus_client.parser import text_string_to_metric_families
 
 CRD_FILE = REPO / "crds" / "lamina.dev_llmdeployments.yaml"
 
@@ -54,12 +54,7 @@ class OperatorProcess:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-        return total
+        return metrics_text.total(text, name, **labels)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -37,6 +37,7 @@ from e2e.real_node import (
 )
 from kube_cluster import REPO, Cluster
 from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
+from metrics_text import scrape, total
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -216,12 +217,8 @@ def _load(scaled: Scaled, workers: int) -> Load:
 
 def _requests_served(pod: dict[str, Any]) -> float:
     """The pod's own count of answered hidden-state requests (its /metrics)."""
-    text = httpx.get(f"http://{pod['status']['podIP']}:8000/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("lamina_requests_total{") and 'route="/v1/hidden_states"' in line
-    )
+    text = scrape(f"http://{pod['status']['podIP']}:8000")
+    return total(text, "lamina_requests_total", route="/v1/hidden_states")
 
 
 def test_load_scales_up_and_the_new_pod_takes_traffic(scaled: Scaled) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from metrics_text import scrape, total
 from server_helpers import Server
 
 pytestmark = pytest.mark.vllm
@@ -93,11 +94,7 @@ def test_queue_full_is_429_with_retry_after(small_server: Server) -> None:
 
 
 def _gauge(server: Server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.split()[-1])
-    return 0.0
+    return total(scrape(server.url), name)
 
 
 def _in_flight(server: Server) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from metrics_text import scrape, total
 from server_helpers import Server
 
 pytestmark = pytest.mark.vllm
@@ -185,15 +186,7 @@ def test_405_and_vllm_400_come_in_the_envelope(llama_server: Server) -> None:
 
 
 def requests_total(server: Server, code: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.url}/metrics", timeout=60, follow_redirects=True).text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "lamina_requests_total" and s.labels.get("code") == code
-    )
+    return total(scrape(server.url), "lamina_requests_total", code=code)
 
 
 def test_client_disconnect_counted_as_499_not_500(llama_server: Server) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from lamina_server.config import LaminaSettings
+from metrics_text import samples, scrape
 from server_helpers import HealthPoller, Server, process_tree_rss
 
 pytestmark = pytest.mark.vllm
@@ -670,15 +671,8 @@ def canaries(server: Server) -> list[bytes]:
 
 
 def server_5xx(server: Server) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.url}/metrics", timeout=60, follow_redirects=True).text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "lamina_requests_total" and s.labels.get("code", "").startswith("5")
-    )
+    requests = samples(scrape(server.url), "lamina_requests_total")
+    return sum(s.value for s in requests if s.labels.get("code", "").startswith("5"))
 
 
 def test_hostile_requests_never_hurt_the_server(llama_server: Server) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_text import samples
 from server_helpers import Server
 
 pytestmark = pytest.mark.vllm
@@ -15,10 +15,9 @@ def scrape(server: Server) -> dict[str, float]:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            values[f"{s.name}{{{labels}}}"] = s.value
+    for s in samples(r.text):
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        values[f"{s.name}{{{labels}}}"] = s.value
     return values
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from metrics_text import scrape, total
 from server_helpers import Reference, Server
 
 pytestmark = pytest.mark.vllm
@@ -43,18 +44,19 @@ def tight_server(tiny_models: dict[str, Path]) -> Iterator[Server]:
 
 
 def _preemptions(server: Server) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("vllm:num_preemptions_total")
-    )
+    return total(scrape(server.url), "vllm:num_preemptions_total")
+
+
+async def _generated(server: Server) -> float:
+    text = await asyncio.to_thread(scrape, server.url)
+    return total(text, "vllm:generation_tokens_total")
 
 
 def test_states_survive_preemption(tight_server: Server, reference: Any) -> None:
     ref: Reference = reference("llama")
     prompts = [[(13 * i + 7 * j) % 500 + 3 for j in range(150)] for i in range(8)]
     before = _preemptions(tight_server)
+    generated = total(scrape(tight_server.url), "vllm:generation_tokens_total")
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=tight_server.url, timeout=300) as client:
@@ -72,7 +74,9 @@ def test_states_survive_preemption(tight_server: Server, reference: Any) -> None
                 )
                 for i in range(4)
             ]
-            await asyncio.sleep(1.0)
+            async with asyncio.timeout(60):  # every completion running, and grown a bit
+                while await _generated(tight_server) < generated + 20 * len(growing):
+                    pass
             hidden = await asyncio.gather(
                 *[
                     client.post(

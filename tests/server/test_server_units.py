@@ -32,7 +32,7 @@ from lamina_server.layers import resolve_layer, resolve_layers
 from lamina_server.limits import Admission, response_bytes
 from lamina_server.pooling import pool
 from lamina_server.protocol import HiddenStatesResponse
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_text import total
 
 # -- config ----------------------------------------------------------------------
 
@@ -292,17 +292,11 @@ def test_metrics_over_fake_engine() -> None:
         await client.post("/v1/hidden_states", json={"prompts": ["abc"], "layers": [0, 1]})
         await client.post("/v1/hidden_states", content=b"{")
         text = (await client.get("/metrics/")).text
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-        }
-        key = ("lamina_requests_total", (("code", "200"), ("route", "/v1/hidden_states")))
-        assert samples[key] == 1
-        key = ("lamina_requests_total", (("code", "422"), ("route", "/v1/hidden_states")))
-        assert samples[key] == 1
-        assert samples[("lamina_prompt_tokens_total", ())] == 3
-        assert samples[("lamina_hidden_state_bytes_total", ())] == 2 * 8 * 4
+        requests = "lamina_requests_total"
+        assert total(text, requests, code="200", route="/v1/hidden_states") == 1
+        assert total(text, requests, code="422", route="/v1/hidden_states") == 1
+        assert total(text, "lamina_prompt_tokens_total") == 3
+        assert total(text, "lamina_hidden_state_bytes_total") == 2 * 8 * 4
 
     asyncio.run(run())
 
