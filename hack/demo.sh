@@ -73,7 +73,7 @@ EOF
 model_volume() {
 	local model
 	log "building the tiny random-weight model (cached) and putting it on a local volume"
-	model="$("$py" -m lamina_server.tiny_model --arch llama --max-positions 2048 | tail -n 1)"
+	model="$("$py" "$repo/tests/tiny_model.py" --arch llama --max-positions 2048 | tail -n 1)"
 	[[ -d $model ]] || die "tiny_model printed '$model', not a directory"
 	"$here/model-volume.sh" create "$ns" models "$served=$model" >/dev/null
 }

@@ -5,7 +5,7 @@ Standalone (not part of pytest):
     VLLM_TARGET_DEVICE=cpu python bench/server/bench_extraction.py [--prompts 128]
 
 Model: a random-weight Llama of ~82M parameters (12 layers, hidden 768, 12 heads,
-MLP 1920; built locally by ``lamina_server.tiny_model``). Prompts: random token ids,
+MLP 1920; built locally by ``tests/tiny_model.py``). Prompts: random token ids,
 ~50 tokens each. Measured for float32 and bfloat16:
 
 * transformers ``output_hidden_states=True``, one prompt at a time and in batches of 32;
@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # test models
+from tiny_model import TinyModelSpec, ensure_tiny_model
 
 SPEC = TinyModelSpec(
     arch="llama",

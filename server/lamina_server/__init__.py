@@ -32,5 +32,5 @@ and unknown fields), 413 too many prompts/tokens/bytes, 429 queue full (Retry-Af
 Module map: ``config`` (CLI/env), ``protocol`` (request/response models), ``layers``,
 ``pooling``, ``encoding``, ``limits``, ``metrics``, ``errors``, ``service`` (the logic,
 engine-agnostic), ``app`` + ``completions`` (HTTP), ``capture`` (worker extension,
-torch only), ``engine`` (the only module importing vLLM), ``tiny_model`` (test models).
+torch only), ``engine`` (the only module importing vLLM). Test models: ``tests/tiny_model.py``.
 """

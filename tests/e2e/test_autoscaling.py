@@ -36,8 +36,8 @@ from e2e.real_node import (
     wait_for,
 )
 from kube_cluster import REPO, Cluster
-from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from metrics_text import scrape, total
+from tiny_model import TinyModelSpec, ensure_tiny_model
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -17,8 +17,8 @@ import pytest
 # The test modules import their helpers as `server_helpers` (pytest runs in importlib
 # mode with only tests/ on sys.path).
 sys.path.insert(0, str(Path(__file__).parent))
-from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from server_helpers import SERVER_FLAGS, Reference, Server
+from tiny_model import TinyModelSpec, ensure_tiny_model
 
 ARCH_SPECS = {
     "llama": TinyModelSpec(arch="llama"),

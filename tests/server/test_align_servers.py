@@ -29,10 +29,10 @@ import lamina
 import numpy as np
 import pytest
 from lamina.cli import main
-from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from rotated_model import F64, random_rotation, rotated_copy
 from safetensors.numpy import save_file
 from server_helpers import SERVER_FLAGS, Reference, Server, server_env
+from tiny_model import TinyModelSpec, ensure_tiny_model
 
 pytestmark = pytest.mark.vllm
 

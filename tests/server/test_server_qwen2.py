@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from lamina_server.tiny_model import TinyModelSpec, ensure_tiny_model
 from server_helpers import SERVER_FLAGS, Reference, Server
+from tiny_model import TinyModelSpec, ensure_tiny_model
 
 pytestmark = pytest.mark.vllm
 TOL = 1e-4

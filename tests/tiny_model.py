@@ -13,7 +13,7 @@ Three architectures with different decoder-layer structure:
 * ``qwen2``: Llama's structure plus q/k/v biases (drawn at random here: transformers
   initialises them to zero, which would hide a bias that was not applied).
 
-Usage: ``python -m lamina_server.tiny_model --arch llama --layers 4 --hidden 256``
+Usage: ``python tests/tiny_model.py --arch llama --layers 4 --hidden 256``
 prints the model directory (cached under ``${LAMINA_CACHE:-~/.cache/lamina}/models``).
 """
 
