@@ -22,7 +22,7 @@ import kopf
 from lamina_operator import leases, metrics
 from lamina_operator.cost import seconds_to_next_refresh
 from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
-from lamina_operator.reconcile import Memory, Observed, PostEvent, Settings, reconcile
+from lamina_operator.reconcile import KnownState, Observed, PostEvent, Settings, reconcile
 from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
@@ -40,7 +40,7 @@ class Runtime:
 
     kube: Kube
     settings: Settings = field(default_factory=Settings)
-    memory: Memory = field(default_factory=Memory)
+    memory: KnownState = field(default_factory=KnownState)
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     costs: metrics.CostFigures = field(default_factory=metrics.CostFigures)
 

@@ -41,10 +41,10 @@ from lamina_operator.render import (
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts, PrometheusSource
 from lamina_operator.status import (
     READY,
-    Verdict,
+    Conditions,
+    assess_conditions,
     compute_status,
-    invalid_verdict,
-    judge,
+    invalid_spec_conditions,
     missing_add_on,
     status_patch,
 )
@@ -96,7 +96,7 @@ class ChildCache:
 
 
 @dataclass
-class Memory:
+class KnownState:
     """Per-process memory that lets an idle reconcile write nothing.
 
     For each child: the fingerprint of what was last applied and of what the API stored
@@ -199,7 +199,7 @@ class Settings:
 
 async def _apply_children(
     kube: Kube,
-    memory: Memory,
+    memory: KnownState,
     observed: Observed,
     spec: LLMDeploymentSpec,
     post_event: PostEvent,
@@ -260,7 +260,7 @@ async def _account(
 
 async def reconcile(
     kube: Kube,
-    memory: Memory,
+    memory: KnownState,
     observed: Observed,
     now: dt.datetime,
     post_event: PostEvent,
@@ -278,7 +278,7 @@ async def reconcile(
     spec: LLMDeploymentSpec | None = None
     facts: ModelFacts | None = None
     cost: CostReport | None = None
-    verdict: Verdict
+    conditions: Conditions
     missing: list[str] = []
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
@@ -291,19 +291,19 @@ async def reconcile(
         )
     except InvalidSpec as error:
         # Children of an earlier valid spec are left serving; status says what to fix.
-        spec, verdict = None, invalid_verdict(str(error))
+        spec, conditions = None, invalid_spec_conditions(str(error))
     deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
     if spec is not None:
         pods = memory.pods.get(key, {})
         budget = cost.budget if cost is not None else None
         held = budget.exceeded[2] if budget is not None and budget.hold else None
         problem = autoscaling_problem(spec, settings.prometheus) or missing_add_on(missing)
-        verdict = judge(spec, owner, deployment, list(pods.values()), problem, held)
+        conditions = assess_conditions(spec, owner, deployment, list(pods.values()), problem, held)
 
     status = compute_status(
         owner=owner,
         generation=observed.generation,
-        verdict=verdict,
+        conditions=conditions,
         spec=spec,
         facts=facts,
         deployment=deployment,

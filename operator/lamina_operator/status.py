@@ -15,7 +15,7 @@ SERVER_FAILURES = ("OutOfMemory", "ServerFailing")
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Conditions:
     """The three conditions' status, reason and message in one place."""
 
     ready: tuple[bool, str, str]
@@ -87,14 +87,14 @@ def missing_add_on(add_ons: Sequence[str]) -> str | None:
     )
 
 
-def judge(
+def assess_conditions(
     spec: LLMDeploymentSpec,
     owner: Owner,
     deployment: Manifest | None,
     pods: Sequence[Mapping[str, Any]] = (),
     autoscaling_problem: str | None = None,
     budget_hold: str | None = None,
-) -> Verdict:
+) -> Conditions:
     """Ready/Progressing/Degraded of a valid spec given the observed Deployment and
     its pods; ``autoscaling_problem`` says why the autoscaler is missing,
     ``budget_hold`` why the budget holds the pods at zero, if it does."""
@@ -104,7 +104,7 @@ def judge(
         healthy = (True, "AutoscalingUnavailable", autoscaling_problem)
     if deployment is None:
         creating = "creating the server Deployment"
-        return Verdict((False, "Creating", creating), (True, "Creating", creating), healthy)
+        return Conditions((False, "Creating", creating), (True, "Creating", creating), healthy)
 
     desired = desired_replicas(spec, budget_hold is not None)
     observed = deployment.get("status", {})
@@ -131,14 +131,14 @@ def judge(
     counts = f"{ready}/{desired} replicas ready"
     if spec.suspend:
         done = observed.get("replicas", 0) == 0
-        return Verdict(
+        return Conditions(
             (False, "Suspended", "suspended: scaled to zero, everything else kept"),
             (not done, "Suspending" if not done else "Suspended", counts),
             degraded,
         )
     if budget_hold is not None:
         done = observed.get("replicas", 0) == 0
-        return Verdict(
+        return Conditions(
             (False, "OverBudget", budget_hold),
             (not done, "Suspending" if not done else "Suspended", counts),
             degraded,
@@ -149,13 +149,13 @@ def judge(
             if spec.autoscaling.enabled
             else "spec.replicas is 0"
         )
-        return Verdict(
+        return Conditions(
             (False, "ScaledToZero", idle),
             (not rolled_out, "ScalingDown" if not rolled_out else "ScaledToZero", counts),
             degraded,
         )
     if rolled_out and ready >= desired:
-        return Verdict(
+        return Conditions(
             (True, "AllReplicasReady", f"{counts}, serving at {endpoint(owner, spec)}"),
             (False, "RolloutComplete", counts),
             degraded,
@@ -163,15 +163,15 @@ def judge(
     reason = "RollingOut" if not rolled_out else "WaitingForReplicas"
     if degraded[0] and degraded[1] in SERVER_FAILURES:
         # `kubectl get llmd` shows the Ready reason: say why pods are not ready.
-        return Verdict(
+        return Conditions(
             (False, degraded[1], f"{counts}; {degraded[2]}"), (True, reason, counts), degraded
         )
-    return Verdict((False, reason, counts), (True, reason, counts), degraded)
+    return Conditions((False, reason, counts), (True, reason, counts), degraded)
 
 
-def invalid_verdict(message: str) -> Verdict:
-    """The verdict for a spec that cannot be served as written."""
-    return Verdict(
+def invalid_spec_conditions(message: str) -> Conditions:
+    """The conditions for a spec that cannot be served as written."""
+    return Conditions(
         (False, "InvalidSpec", message),
         (False, "InvalidSpec", "waiting for the spec to be fixed"),
         (True, "InvalidSpec", message),
@@ -182,7 +182,7 @@ def compute_status(
     *,
     owner: Owner,
     generation: int,
-    verdict: Verdict,
+    conditions: Conditions,
     spec: LLMDeploymentSpec | None,
     facts: ModelFacts | None,
     deployment: Manifest | None,
@@ -197,23 +197,23 @@ def compute_status(
     status.cost is the only record of pods already gone."""
     before = previous.get("conditions", [])
     parts = [
-        (READY, verdict.ready),
-        (PROGRESSING, verdict.progressing),
-        (DEGRADED, verdict.degraded),
+        (READY, conditions.ready),
+        (PROGRESSING, conditions.progressing),
+        (DEGRADED, conditions.degraded),
     ]
     budget = cost.budget if cost is not None else None
     if budget is not None:
         parts += [(BUDGET_WARNING, budget.warning), (BUDGET_EXCEEDED, budget.exceeded)]
-    conditions = [
+    listed = [
         set_condition(before, kind, *part, generation=generation, now=now) for kind, part in parts
     ]
     if spec is None:
-        conditions += [c for c in before if c.get("type") in (BUDGET_WARNING, BUDGET_EXCEEDED)]
+        listed += [c for c in before if c.get("type") in (BUDGET_WARNING, BUDGET_EXCEEDED)]
     observed = (deployment or {}).get("status", {})
     ready = observed.get("readyReplicas", 0)
     status: Manifest = {
         "observedGeneration": generation,
-        "conditions": conditions,
+        "conditions": listed,
         "replicas": observed.get("replicas", 0),
         "readyReplicas": ready,
         "selector": selector_string(owner),

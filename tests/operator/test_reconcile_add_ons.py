@@ -9,7 +9,7 @@ import datetime
 from typing import Any
 
 from lamina_operator.kube import NotServed
-from lamina_operator.reconcile import Memory, Observed, Settings, reconcile
+from lamina_operator.reconcile import KnownState, Observed, Settings, reconcile
 from lamina_operator.render import Manifest, Owner
 from lamina_operator.spec import PrometheusSource
 
@@ -41,7 +41,7 @@ async def test_without_keda_the_servers_are_applied_and_status_says_install_keda
     settings = Settings(prometheus=PrometheusSource(serverAddress="http://prom:9090"))
     now = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
     kube: Any = api
-    await reconcile(kube, Memory(), observed, now, lambda *e: events.append(e), settings)
+    await reconcile(kube, KnownState(), observed, now, lambda *e: events.append(e), settings)
     assert api.applied == ["Deployment", "Service", "PodDisruptionBudget"]
     degraded = next(c for c in api.status["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "AutoscalingUnavailable")

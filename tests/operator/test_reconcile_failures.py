@@ -12,7 +12,7 @@ import kopf
 import pytest
 from lamina_operator import handlers
 from lamina_operator.kube import RejectedByApi, TransientApiError
-from lamina_operator.reconcile import Memory, Observed, reconcile
+from lamina_operator.reconcile import KnownState, Observed, reconcile
 from lamina_operator.render import Manifest, Owner
 
 NOW = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC)
@@ -84,7 +84,7 @@ async def test_a_deleted_llmdeployment_leaves_nothing_in_memory() -> None:
 async def test_a_status_the_api_rejects_is_an_event_not_a_crash() -> None:
     api: Any = FakeApi(RejectedByApi("status.conditions: Invalid value"))
     events: list[tuple[str, str, str]] = []
-    status = await reconcile(api, Memory(), observed(), NOW, lambda *e: events.append(e))
+    status = await reconcile(api, KnownState(), observed(), NOW, lambda *e: events.append(e))
     assert status["conditions"]  # computed all the same
     assert ("Warning", "StatusRejected") in [(e[0], e[1]) for e in events]
     assert "Invalid value" in next(e[2] for e in events if e[1] == "StatusRejected")

@@ -9,9 +9,9 @@ from lamina_operator.cost import account, pod_run
 from lamina_operator.render import Owner
 from lamina_operator.spec import LLMDeploymentSpec
 from lamina_operator.status import (
+    assess_conditions,
     compute_status,
-    invalid_verdict,
-    judge,
+    invalid_spec_conditions,
     missing_add_on,
     status_patch,
 )
@@ -44,7 +44,7 @@ def _status(spec: LLMDeploymentSpec, deployment: dict[str, Any] | None, **kw: An
     return compute_status(
         owner=OWNER,
         generation=kw.get("generation", 1),
-        verdict=judge(spec, OWNER, deployment),
+        conditions=assess_conditions(spec, OWNER, deployment),
         spec=spec,
         facts=None,
         deployment=deployment,
@@ -104,7 +104,7 @@ def test_invalid_spec() -> None:
     status = compute_status(
         owner=OWNER,
         generation=4,
-        verdict=invalid_verdict("layer 40 is beyond 32"),
+        conditions=invalid_spec_conditions("layer 40 is beyond 32"),
         spec=None,
         facts=None,
         deployment=None,
@@ -157,7 +157,7 @@ def _status_with_pods(pods: list[dict[str, Any]]) -> Any:
     return compute_status(
         owner=OWNER,
         generation=1,
-        verdict=judge(spec, OWNER, deployment, pods),
+        conditions=assess_conditions(spec, OWNER, deployment, pods),
         spec=spec,
         facts=None,
         deployment=deployment,
@@ -209,20 +209,20 @@ def test_keda_missing_is_degraded_while_the_servers_keep_serving() -> None:
     spec = _spec(autoscaling={"enabled": True})
     problem = missing_add_on(["KEDA"])
     assert problem is not None
-    verdict = judge(spec, OWNER, _deployment(1, 1, 1), autoscaling_problem=problem)
-    assert verdict.ready[:2] == (True, "AllReplicasReady")
-    assert verdict.degraded[:2] == (True, "AutoscalingUnavailable")
-    assert "install KEDA" in verdict.degraded[2]
-    assert "autoscaler: HPA" in verdict.degraded[2]
+    conditions = assess_conditions(spec, OWNER, _deployment(1, 1, 1), autoscaling_problem=problem)
+    assert conditions.ready[:2] == (True, "AllReplicasReady")
+    assert conditions.degraded[:2] == (True, "AutoscalingUnavailable")
+    assert "install KEDA" in conditions.degraded[2]
+    assert "autoscaler: HPA" in conditions.degraded[2]
     assert missing_add_on([]) is None
 
 
 def test_scaled_to_zero_by_the_autoscaler_is_not_degraded_and_says_how_to_wake_it() -> None:
     spec = _spec(replicas=0, autoscaling={"enabled": True, "minReplicas": 0})
-    verdict = judge(spec, OWNER, _deployment(0, 0, 0))
-    assert verdict.ready[:2] == (False, "ScaledToZero")
-    assert "lamina up llama" in verdict.ready[2]
-    assert verdict.degraded[0] is False
+    conditions = assess_conditions(spec, OWNER, _deployment(0, 0, 0))
+    assert conditions.ready[:2] == (False, "ScaledToZero")
+    assert "lamina up llama" in conditions.ready[2]
+    assert conditions.degraded[0] is False
 
 
 def _spent_budget(suspend: bool) -> Any:
@@ -248,7 +248,7 @@ def test_a_spent_budget_with_suspend_holds_the_pods_and_says_why() -> None:
     status = compute_status(
         owner=OWNER,
         generation=1,
-        verdict=judge(spec, OWNER, deployment, budget_hold=held),
+        conditions=assess_conditions(spec, OWNER, deployment, budget_hold=held),
         spec=spec,
         facts=None,
         deployment=deployment,
@@ -279,7 +279,7 @@ def test_an_invalid_spec_keeps_the_ledger_and_budget_conditions() -> None:
     status = compute_status(
         owner=OWNER,
         generation=2,
-        verdict=invalid_verdict("bad"),
+        conditions=invalid_spec_conditions("bad"),
         spec=None,
         facts=None,
         deployment=None,
