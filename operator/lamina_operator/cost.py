@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lamina_operator.render import Manifest
+from lamina_operator.identity import Manifest
 from lamina_operator.spec import HISTORY_MONTHS, CostSpec, LLMDeploymentSpec
 
 # A gone pod's entry is kept this long after its end before it is folded into the

@@ -21,9 +21,9 @@ import kopf
 
 from lamina_operator import leases, metrics
 from lamina_operator.cost import seconds_to_next_refresh
+from lamina_operator.identity import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.kube import Kube, RejectedByApi, TransientApiError
 from lamina_operator.reconcile import KnownState, Observed, PostEvent, Settings, reconcile
-from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Owner
 from lamina_operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RESYNC_SECONDS = 300.0

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from lamina_operator.render import CHILD_RESOURCES, FIELD_MANAGER, Manifest
+from lamina_operator.identity import CHILD_RESOURCES, FIELD_MANAGER, Manifest
 from lamina_operator.spec import API_GROUP, API_VERSION, PLURAL
 
 _OWN_PREFIX = f"/apis/{API_GROUP}/{API_VERSION}"

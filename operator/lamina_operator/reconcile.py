@@ -25,18 +25,14 @@ from lamina_operator.cost import (
     format_time,
     pod_run,
 )
+from lamina_operator.identity import ADD_ON_KINDS, CHILD_RESOURCES, Manifest, Owner, selector_string
 from lamina_operator.kube import Kube, NotServed, RejectedByApi, TransientApiError
 from lamina_operator.render import (
-    ADD_ON_KINDS,
-    CHILD_RESOURCES,
     DEFAULT_IMAGES,
     NO_PROMETHEUS,
-    Manifest,
-    Owner,
     ServerImages,
     autoscaling_problem,
     render_children,
-    selector_string,
 )
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts, PrometheusSource
 from lamina_operator.status import (

@@ -10,6 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from lamina_operator.identity import (
+    Manifest,
+    Owner,
+    selector_labels,
+    standard_labels,
+)
 from lamina_operator.spec import (
     API_GROUP,
     API_VERSION,
@@ -21,9 +27,6 @@ from lamina_operator.spec import (
     PrometheusSource,
 )
 
-Manifest = dict[str, Any]
-
-FIELD_MANAGER = "lamina-operator"
 SERVER_PORT = 8000
 CACHE_DIR = "/cache"
 # Seconds the pod keeps serving after it is told to stop, so endpoints controllers and
@@ -51,38 +54,6 @@ class ServerImages:
 
 DEFAULT_IMAGES = ServerImages()
 NO_PROMETHEUS = PrometheusSource()
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The LLMDeployment whose children are rendered."""
-
-    name: str
-    namespace: str
-    uid: str
-
-
-def selector_labels(owner: Owner) -> dict[str, str]:
-    """Labels that select the server pods of one LLMDeployment (immutable once created)."""
-    return {
-        "app.kubernetes.io/name": "lamina-server",
-        "app.kubernetes.io/instance": owner.name,
-    }
-
-
-def standard_labels(owner: Owner) -> dict[str, str]:
-    """The `app.kubernetes.io/*` labels every child carries."""
-    return {
-        **selector_labels(owner),
-        "app.kubernetes.io/component": "server",
-        "app.kubernetes.io/part-of": "lamina",
-        "app.kubernetes.io/managed-by": FIELD_MANAGER,
-    }
-
-
-def selector_string(owner: Owner) -> str:
-    """The pod selector as the scale subresource and `kubectl get -l` want it."""
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
 
 
 def endpoint(owner: Owner, spec: LLMDeploymentSpec) -> str:
@@ -566,19 +537,6 @@ def render_pdb(owner: Owner, spec: LLMDeploymentSpec) -> Manifest:
         "metadata": _metadata(owner),
         "spec": {"selector": {"matchLabels": selector_labels(owner)}, **limit},
     }
-
-
-# Kinds the operator creates, in apply order, with their (group, version, plural);
-# those that may be absent are pruned.
-CHILD_RESOURCES: dict[str, tuple[str, str, str]] = {
-    "Deployment": ("apps", "v1", "deployments"),
-    "Service": ("", "v1", "services"),
-    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
-    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
-    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
-}
-# Kinds that exist only where an add-on is installed (the rest is core Kubernetes).
-ADD_ON_KINDS = {"ScaledObject": "KEDA"}
 
 
 def render_children(

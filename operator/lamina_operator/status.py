@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina_operator.cost import BUDGET_EXCEEDED, BUDGET_WARNING, CostReport
-from lamina_operator.render import Manifest, Owner, desired_replicas, endpoint, selector_string
+from lamina_operator.identity import Manifest, Owner, selector_string
+from lamina_operator.render import desired_replicas, endpoint
 from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"

@@ -19,7 +19,8 @@ from chart.chart_helpers import CHART, RELEASE, Helm, find, manifests
 from kube_cluster import REPO
 from lamina_operator.__main__ import parse_args
 from lamina_operator.__main__ import settings as operator_settings
-from lamina_operator.render import Owner, render_hpa
+from lamina_operator.identity import Owner
+from lamina_operator.render import render_hpa
 from lamina_operator.spec import LLMDeploymentSpec
 
 GOLDEN = Path(__file__).parent / "golden"

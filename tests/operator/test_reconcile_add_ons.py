@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from lamina_operator.identity import Manifest, Owner
 from lamina_operator.kube import NotServed
 from lamina_operator.reconcile import KnownState, Observed, Settings, reconcile
-from lamina_operator.render import Manifest, Owner
 from lamina_operator.spec import PrometheusSource
 
 

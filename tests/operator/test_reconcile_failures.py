@@ -11,9 +11,9 @@ from typing import Any
 import kopf
 import pytest
 from lamina_operator import handlers
+from lamina_operator.identity import Manifest, Owner
 from lamina_operator.kube import RejectedByApi, TransientApiError
 from lamina_operator.reconcile import KnownState, Observed, reconcile
-from lamina_operator.render import Manifest, Owner
 
 NOW = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC)
 SPEC = {"model": {"name": "m"}}

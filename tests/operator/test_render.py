@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+from lamina_operator.identity import Owner
 from lamina_operator.render import (
     DEFAULT_IMAGES,
-    Owner,
     ServerImages,
     autoscaling_problem,
     cpu_threads,

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from lamina_operator.cost import account, pod_run
-from lamina_operator.render import Owner
+from lamina_operator.identity import Owner
 from lamina_operator.spec import LLMDeploymentSpec
 from lamina_operator.status import (
     assess_conditions,
