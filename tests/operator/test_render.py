@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +107,42 @@ def test_a_budget_hold_renders_zero_pods_and_changes_nothing_else() -> None:
     assert spec.replicas == 1  # the spec (and the HPA's scale subresource) is left alone
 
 
-def test_rendering_is_deterministic() -> None:
-    spec = _spec("tp4-autoscaled")
-    assert render_children(OWNER, spec) == render_children(OWNER, spec)
+_RENDER_IN_A_PROCESS = """
+import json, sys, yaml
+from lamina_operator.identity import Owner
+from lamina_operator.render import render_children
+from lamina_operator.spec import LLMDeploymentSpec
+owner, specs = json.load(sys.stdin)
+for spec in specs:
+    children = render_children(Owner(**owner), LLMDeploymentSpec.model_validate(spec))
+    sys.stdout.write(yaml.safe_dump_all(list(children.values()), sort_keys=False))
+"""
+
+
+def test_rendering_is_deterministic_across_processes() -> None:
+    """The same bytes whatever the process's hash seed (set and dict order, ids): what
+    makes an operator restart or a second replica re-apply every child."""
+    owner = {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid}
+    given = json.dumps([owner, [SPECS[name] for name in sorted(SPECS)]])
+
+    def render(hash_seed: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", _RENDER_IN_A_PROCESS],
+            input=given,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                **os.environ,
+                "PYTHONHASHSEED": hash_seed,
+                "PYTHONPATH": os.pathsep.join(sys.path),
+            },
+        ).stdout
+
+    first = render("1")
+    assert first.count("kind: Deployment") == len(SPECS)
+    assert render("2") == first
+    assert render("random") == first
 
 
 def _container(spec: LLMDeploymentSpec) -> dict[str, Any]:
