@@ -1,14 +1,16 @@
 """The typed LLMDeployment API: the one source of truth the CRD schema is generated from.
 
-Field descriptions become `kubectl explain` text; `cel` rules become CRD
-`x-kubernetes-validations` and are mirrored by pydantic validators so the typed
-model rejects exactly what admission rejects.
+Field descriptions become `kubectl explain` text. What types cannot say is a `Rule`,
+written once: its CEL becomes the CRD's `x-kubernetes-validations`, its Python check
+runs when the typed model is built, and both refuse with the same message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -28,17 +30,42 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
 
 
-def cel(rule: str, message: str) -> dict[str, Any]:
-    """One CRD validation rule, kept next to the pydantic check that mirrors it."""
-    return {"rule": rule, "message": message}
+@dataclass(frozen=True)
+class Rule:
+    """A rule types cannot say, written once: ``cel`` for the API server's admission
+    (``x-kubernetes-validations``), ``holds`` for the operator's own parsing, and the
+    ``message`` a user sees from either."""
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+
+
+def _cel_rules(schema: dict[str, Any], model: type[Any]) -> None:
+    rules: tuple[Rule, ...] = (*getattr(model, "rules", ()), *getattr(model, "name_rules", ()))
+    if rules:
+        schema["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in rules]
 
 
 class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+    """camelCase on the wire, snake_case in Python, unknown fields refused; a model's
+    ``rules`` are checked here and rendered into the CRD."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra=_cel_rules,
     )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> Self:
+        for rule in self.rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
 
 
 class Dtype(StrEnum):
@@ -126,15 +153,12 @@ class ModelSpec(ApiModel):
 class EngineSpec(ApiModel):
     """vLLM engine settings."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.tensorParallelSize * self.pipelineParallelSize <= 64",
-                    "tensorParallelSize × pipelineParallelSize must be at most 64 GPUs",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "self.tensorParallelSize * self.pipelineParallelSize <= 64",
+            "tensorParallelSize × pipelineParallelSize must be at most 64 GPUs",
+            lambda e: e.tensor_parallel_size * e.pipeline_parallel_size <= 64,
+        ),
     )
 
     tensor_parallel_size: int = Field(
@@ -163,12 +187,6 @@ class EngineSpec(ApiModel):
         max_length=64,
         description="Further vLLM command-line arguments, appended verbatim.",
     )
-
-    @model_validator(mode="after")
-    def _gpus_bounded(self) -> EngineSpec:
-        if self.tensor_parallel_size * self.pipeline_parallel_size > 64:
-            raise ValueError("tensorParallelSize × pipelineParallelSize must be at most 64 GPUs")
-        return self
 
 
 class HiddenStateLimits(ApiModel):
@@ -249,16 +267,13 @@ class HiddenStateLimits(ApiModel):
 class HiddenStatesSpec(ApiModel):
     """What `/v1/hidden_states` returns by default and what it allows."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.allowedLayers) || size(self.allowedLayers) == 0 || "
-                    "self.defaultLayers.all(l, l in self.allowedLayers)",
-                    "every entry of defaultLayers must also be in allowedLayers",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!has(self.allowedLayers) || size(self.allowedLayers) == 0 || "
+            "self.defaultLayers.all(l, l in self.allowedLayers)",
+            "every entry of defaultLayers must also be in allowedLayers",
+            lambda h: not h.allowed_layers or set(h.default_layers) <= set(h.allowed_layers),
+        ),
     )
 
     default_layers: list[int] = Field(
@@ -284,12 +299,6 @@ class HiddenStatesSpec(ApiModel):
         default_factory=HiddenStateLimits,
         description="Per-request limits (body, JSON and headers on every route).",
     )
-
-    @model_validator(mode="after")
-    def _defaults_allowed(self) -> HiddenStatesSpec:
-        if self.allowed_layers and not set(self.default_layers) <= set(self.allowed_layers):
-            raise ValueError("every entry of defaultLayers must also be in allowedLayers")
-        return self
 
 
 class ScalingRules(ApiModel):
@@ -358,16 +367,17 @@ class AutoscalingSpec(ApiModel):
     reading Prometheus; can scale to zero) or a plain HPA on a Pods metric your own
     adapter serves."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                ),
-                cel("self.minReplicas >= 1 || self.autoscaler == 'KEDA'", MIN_ZERO_NEEDS_KEDA),
-            ]
-        }
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+        ),
+        Rule(
+            "self.minReplicas >= 1 || self.autoscaler == 'KEDA'",
+            MIN_ZERO_NEEDS_KEDA,
+            lambda a: a.min_replicas >= 1 or a.autoscaler == Autoscaler.KEDA,
+        ),
     )
 
     enabled: bool = Field(default=False, description="Scale the replicas on load.")
@@ -414,14 +424,6 @@ class AutoscalingSpec(ApiModel):
         default_factory=AutoscalingBehavior, description="Scale-up and scale-down behaviour."
     )
 
-    @model_validator(mode="after")
-    def _min_le_max(self) -> AutoscalingSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
-        if self.min_replicas < 1 and self.autoscaler != Autoscaler.KEDA:
-            raise ValueError(MIN_ZERO_NEEDS_KEDA)
-        return self
-
 
 class ComputeResources(ApiModel):
     """CPU and memory of the server container."""
@@ -456,15 +458,12 @@ class ResourcesSpec(ApiModel):
 class ModelCacheSpec(ApiModel):
     """Where model weights are cached (mounted at /cache)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.persistentVolumeClaim) && has(self.emptyDirSizeLimit))",
-                    "modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!(has(self.persistentVolumeClaim) && has(self.emptyDirSizeLimit))",
+            "modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both",
+            lambda c: c.persistent_volume_claim is None or c.empty_dir_size_limit is None,
+        ),
     )
 
     persistent_volume_claim: str | None = Field(
@@ -476,12 +475,6 @@ class ModelCacheSpec(ApiModel):
         default=None,
         description="Size limit of the emptyDir cache used when no claim is named (default 100Gi).",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelCacheSpec:
-        if self.persistent_volume_claim is not None and self.empty_dir_size_limit is not None:
-            raise ValueError("modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both")
-        return self
 
 
 class SecretKeyRef(ApiModel):
@@ -572,15 +565,12 @@ class RolloutSpec(ApiModel):
 class DisruptionBudgetSpec(ApiModel):
     """PodDisruptionBudget, created when more than one replica can exist."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.minAvailable) && has(self.maxUnavailable))",
-                    "disruptionBudget: set minAvailable or maxUnavailable, not both",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!(has(self.minAvailable) && has(self.maxUnavailable))",
+            "disruptionBudget: set minAvailable or maxUnavailable, not both",
+            lambda d: d.min_available is None or d.max_unavailable is None,
+        ),
     )
 
     enabled: bool = Field(default=True, description="Create a PodDisruptionBudget.")
@@ -591,25 +581,16 @@ class DisruptionBudgetSpec(ApiModel):
         default=None, description="Pods that may be down (default 1 when neither is set)."
     )
 
-    @model_validator(mode="after")
-    def _one_of(self) -> DisruptionBudgetSpec:
-        if self.min_available is not None and self.max_unavailable is not None:
-            raise ValueError("disruptionBudget: set minAvailable or maxUnavailable, not both")
-        return self
-
 
 class CostSpec(ApiModel):
     """What the deployment's accelerators cost, and the monthly budget they must fit in."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!self.suspendOverBudget || has(self.monthlyBudget)",
-                    "cost.suspendOverBudget needs cost.monthlyBudget",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!self.suspendOverBudget || has(self.monthlyBudget)",
+            "cost.suspendOverBudget needs cost.monthlyBudget",
+            lambda c: not c.suspend_over_budget or c.monthly_budget is not None,
+        ),
     )
 
     price_per_hour: float = Field(
@@ -638,12 +619,6 @@ class CostSpec(ApiModel):
         "spec.suspend are left as they are.",
     )
 
-    @model_validator(mode="after")
-    def _suspend_needs_budget(self) -> CostSpec:
-        if self.suspend_over_budget and self.monthly_budget is None:
-            raise ValueError("cost.suspendOverBudget needs cost.monthlyBudget")
-        return self
-
 
 # The images `make image` builds (operator/Dockerfile, server/Dockerfile{,.cpu}); the
 # operator's --server-image/--server-image-cpu (chart: serverImage) override.
@@ -654,16 +629,16 @@ DEFAULT_CPU_IMAGE = "ghcr.io/lamina-dev/lamina-server:0.1.0-cpu"
 class LLMDeploymentSpec(ApiModel):
     """Desired state of one hidden-state server deployment."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.resources.useGPU || (self.engine.tensorParallelSize == 1 && "
-                    "self.engine.pipelineParallelSize == 1)",
-                    "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "self.resources.useGPU || (self.engine.tensorParallelSize == 1 && "
+            "self.engine.pipelineParallelSize == 1)",
+            "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true",
+            lambda s: (
+                s.resources.use_gpu
+                or s.engine.tensor_parallel_size * s.engine.pipeline_parallel_size == 1
+            ),
+        ),
     )
 
     model: ModelSpec = Field(description="The model to serve.")
@@ -716,15 +691,6 @@ class LLMDeploymentSpec(ApiModel):
         description="Price and monthly budget: the operator keeps accelerator-hours and cost "
         "in status.cost. Unset: no accounting.",
     )
-
-    @model_validator(mode="after")
-    def _parallelism_needs_gpus(self) -> LLMDeploymentSpec:
-        parallel = self.engine.tensor_parallel_size * self.engine.pipeline_parallel_size
-        if not self.resources.use_gpu and parallel > 1:
-            raise ValueError(
-                "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true"
-            )
-        return self
 
     @property
     def gpus_per_pod(self) -> int:
@@ -828,20 +794,21 @@ class LLMDeploymentStatus(ApiModel):
     )
 
 
+MAX_NAME_LENGTH = 52
+NAME_RULE = Rule(
+    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+    f"metadata.name must be at most {MAX_NAME_LENGTH} characters (child names and labels "
+    "derive from it)",
+    lambda name: len(name) <= MAX_NAME_LENGTH,
+)
+
+
 class LLMDeployment(ApiModel):
     """An LLM served by vLLM with its hidden states exposed over HTTP."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "size(self.metadata.name) <= 52",
-                    "metadata.name must be at most 52 characters (child names and labels "
-                    "derive from it)",
-                )
-            ]
-        }
-    )
+    # Rules on metadata.name: the operator checks them on the name it is given
+    # (validation.parse_spec), as the typed model holds no metadata.
+    name_rules: ClassVar[tuple[Rule, ...]] = (NAME_RULE,)
 
     spec: LLMDeploymentSpec = Field(description="Desired state.")
     status: LLMDeploymentStatus | None = Field(default=None, description="Observed state.")

@@ -13,9 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lamina_operator.model_facts import model_facts
-from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
-
-MAX_NAME_LENGTH = 52
+from lamina_operator.spec import NAME_RULE, LLMDeploymentSpec, ModelFacts
 
 
 class InvalidSpec(ValueError):
@@ -53,8 +51,8 @@ def check_layers(spec: LLMDeploymentSpec, facts: ModelFacts | None) -> None:
 
 def parse_spec(name: str, raw: Mapping[str, Any]) -> tuple[LLMDeploymentSpec, ModelFacts | None]:
     """Typed spec and model facts of an LLMDeployment, or InvalidSpec saying what is wrong."""
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidSpec(f"metadata.name must be at most {MAX_NAME_LENGTH} characters")
+    if not NAME_RULE.holds(name):
+        raise InvalidSpec(NAME_RULE.message)
     try:
         spec = LLMDeploymentSpec.model_validate(dict(raw))
     except ValidationError as error:

@@ -97,6 +97,11 @@ ADMISSION_CASES: list[tuple[str, dict[str, Any], str]] = [
         "disruptionBudget: set minAvailable or maxUnavailable, not both",
     ),
     (
+        "too many GPUs",
+        {"model": MODEL, "engine": {"tensorParallelSize": 8, "pipelineParallelSize": 16}},
+        "tensorParallelSize × pipelineParallelSize must be at most 64 GPUs",
+    ),
+    (
         "parallel on cpu",
         {"model": MODEL, "resources": {"useGPU": False}, "engine": {"tensorParallelSize": 2}},
         "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true",

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lamina_operator import spec as spec_module
 from lamina_operator.crd import render_crd, render_crd_yaml
-from lamina_operator.spec import LLMDeploymentSpec
+from lamina_operator.spec import ApiModel, LLMDeploymentSpec, Rule
 from lamina_operator.validation import InvalidSpec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,86 @@ def test_every_typed_field_is_in_the_crd() -> None:
     spec_props = schema["properties"]["spec"]["properties"]
     aliases = {f.alias for f in LLMDeploymentSpec.model_fields.values()}
     assert aliases == set(spec_props)
+
+
+def _rules_of_models() -> set[tuple[str, str]]:
+    models = [m for m in vars(spec_module).values() if isinstance(m, type)]
+    rules: list[Rule] = []
+    for model in models:
+        if issubclass(model, ApiModel):
+            rules += [*model.rules, *getattr(model, "name_rules", ())]
+    return {(r.cel, r.message) for r in rules}
+
+
+def _rules_in_crd(node: Any) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    if isinstance(node, dict):
+        found |= {(r["rule"], r["message"]) for r in node.get("x-kubernetes-validations", [])}
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            found |= _rules_in_crd(child)
+    return found
+
+
+# A spec each rule refuses (the same specs are refused at admission by the API server:
+# tests/operator/test_bad_manifests.py).
+RULE_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
+    "tensorParallelSize × pipelineParallelSize must be at most 64 GPUs": (
+        "x",
+        {"model": {"name": "m"}, "engine": {"tensorParallelSize": 8, "pipelineParallelSize": 16}},
+    ),
+    "every entry of defaultLayers must also be in allowedLayers": (
+        "x",
+        {"model": {"name": "m"}, "hiddenStates": {"defaultLayers": [-2], "allowedLayers": [0]}},
+    ),
+    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas": (
+        "x",
+        {"model": {"name": "m"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+    ),
+    spec_module.MIN_ZERO_NEEDS_KEDA: (
+        "x",
+        {"model": {"name": "m"}, "autoscaling": {"autoscaler": "HPA", "minReplicas": 0}},
+    ),
+    "modelCache: set persistentVolumeClaim or emptyDirSizeLimit, not both": (
+        "x",
+        {
+            "model": {"name": "m"},
+            "modelCache": {"persistentVolumeClaim": "c", "emptyDirSizeLimit": "1Gi"},
+        },
+    ),
+    "disruptionBudget: set minAvailable or maxUnavailable, not both": (
+        "x",
+        {"model": {"name": "m"}, "disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+    ),
+    "cost.suspendOverBudget needs cost.monthlyBudget": (
+        "x",
+        {"model": {"name": "m"}, "cost": {"pricePerHour": 2, "suspendOverBudget": True}},
+    ),
+    "tensor or pipeline parallelism needs GPUs: set resources.useGPU to true": (
+        "x",
+        {
+            "model": {"name": "m"},
+            "resources": {"useGPU": False},
+            "engine": {"tensorParallelSize": 2},
+        },
+    ),
+    spec_module.NAME_RULE.message: ("x" * 53, {"model": {"name": "m"}}),
+}
+
+
+def test_every_rule_is_in_the_crd_once_with_its_message() -> None:
+    rules = _rules_of_models()
+    assert len(rules) == len(RULE_EXAMPLES)
+    assert _rules_in_crd(render_crd()) == rules
+
+
+@pytest.mark.parametrize("message", sorted(RULE_EXAMPLES))
+def test_every_rule_refuses_its_example_in_python(message: str) -> None:
+    name, spec = RULE_EXAMPLES[message]
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec(name, spec)
+    assert message in str(caught.value)
 
 
 @pytest.mark.parametrize(
