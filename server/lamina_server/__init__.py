@@ -30,7 +30,7 @@ and unknown fields), 413 too many prompts/tokens/bytes, 429 queue full (Retry-Af
 503 loading or draining, 401 bad API key (``LAMINA_API_KEY``), 500 engine.
 
 Module map: ``config`` (CLI/env), ``protocol`` (request/response models), ``layers``,
-``pooling``, ``encoding``, ``limits``, ``metrics``, ``errors``, ``service`` (the logic,
+``encoding``, ``limits``, ``metrics``, ``errors``, ``service`` (the logic,
 engine-agnostic), ``app`` + ``completions`` (HTTP), ``capture`` (worker extension,
 torch only), ``engine`` (the only module importing vLLM). Test models: ``tests/tiny_model.py``.
 """

@@ -24,7 +24,15 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import LaminaSettings
-from .errors import ErrorType, LaminaError, error_body, normalized_error, too_large
+from .errors import (
+    ErrorType,
+    LaminaError,
+    draining,
+    error_body,
+    loading,
+    normalized_error,
+    too_large,
+)
 from .limits import Admission, ParseLane, json_problem
 from .maps import LoadedMap
 from .metrics import Metrics, route_label
@@ -138,7 +146,7 @@ def health_answer(
 
 def _service(state: ServerState) -> HiddenStateService:
     if state.service is None or not state.ready:
-        raise LaminaError(ErrorType.DRAINING, "model is still loading")
+        raise loading()
     return state.service
 
 
@@ -212,8 +220,7 @@ def build_router(state: ServerState) -> APIRouter:
         when requests are being served."""
         facts = state.facts
         if facts is None:
-            body = error_body(ErrorType.DRAINING, "model is still loading")
-            return JSONResponse({"status": "loading", **body}, status_code=503)
+            return JSONResponse({"status": "loading", **loading().body()}, status_code=503)
         status: Literal["healthy", "loading", "draining"] = (
             "draining" if state.admission.draining else "healthy" if state.ready else "loading"
         )
@@ -237,13 +244,9 @@ def build_router(state: ServerState) -> APIRouter:
     async def readyz() -> Response:
         """Readiness: model loaded and warm, and not draining."""
         if state.admission.draining:
-            return JSONResponse(
-                error_body(ErrorType.DRAINING, "draining: shutting down"), status_code=503
-            )
+            return error_response(draining())
         if not state.ready:
-            return JSONResponse(
-                error_body(ErrorType.DRAINING, "model is still loading"), status_code=503
-            )
+            return error_response(loading())
         return JSONResponse({"status": "ready"})
 
     return router

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .app import ServerState, error_response, replay_body, validation_message
-from .errors import ErrorType, LaminaError, invalid
+from .errors import ErrorType, LaminaError, invalid, loading
 from .openai_checks import CHAT, completion_problem
 from .protocol import HiddenStatesRequest
 from .service import F32, HiddenStateService, Plan, dumps_json
@@ -164,7 +164,7 @@ class CompletionsHiddenStates:
                 option = legacy_option(option, legacy_layer)
             service = self.state.service
             if service is None or not self.state.ready:
-                raise LaminaError(ErrorType.DRAINING, "model is still loading")
+                raise loading()
             if scope["path"] == CHAT and body.get("stream"):
                 raise invalid(f"{FIELD} is not supported with stream=true")
             plan = await in_worker(plan_for, service, scope["path"], body, option)

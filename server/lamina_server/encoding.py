@@ -55,23 +55,13 @@ def round_to_dtype(values: npt.NDArray[np.float32], dtype: DType) -> npt.NDArray
     return values
 
 
-def encode(
-    values: npt.NDArray[np.float32], encoding_format: EncodingFormat, dtype: DType
-) -> list[float] | list[list[float]] | str:
-    """JSON-ready form of a vector or matrix."""
-    if encoding_format == "base64":
-        return base64.b64encode(to_dtype_bytes(values, dtype)).decode("ascii")
-    rounded = round_to_dtype(values, dtype)
-    result: list[float] | list[list[float]] = rounded.tolist()
-    return result
-
-
 def encode_array(
     values: npt.NDArray[np.float32], encoding_format: EncodingFormat, dtype: DType
 ) -> npt.NDArray[np.float64] | str:
-    """:func:`encode` for orjson (``OPT_SERIALIZE_NUMPY``): the numbers as a float64
-    array instead of Python float lists. float64 (not float32) so the JSON numbers are
-    exactly those :func:`encode` + ``json.dumps`` gave: each float32 value printed as
+    """JSON-ready form of a vector or matrix: base64 text, or for orjson
+    (``OPT_SERIALIZE_NUMPY``) the numbers as a float64 array instead of Python float
+    lists. float64 (not float32) so the JSON numbers are exactly those ``json.dumps``
+    gives for the rounded values' float lists: each float32 value printed as
     the shortest repr of its float64 widening (float32's shortest repr would parse to
     a different float64)."""
     if encoding_format == "base64":

@@ -26,6 +26,7 @@ class ErrorType(enum.StrEnum):
     TOO_LARGE = "request_too_large"
     HEADERS_TOO_LARGE = "headers_too_large"
     OVERLOADED = "overloaded_error"
+    LOADING = "model_loading"
     DRAINING = "service_unavailable"
     ENGINE = "engine_error"
 
@@ -38,7 +39,8 @@ STATUS_BY_TYPE: dict[ErrorType, int] = {
     ErrorType.TOO_LARGE: 413,
     ErrorType.HEADERS_TOO_LARGE: 431,
     ErrorType.OVERLOADED: 429,
-    ErrorType.DRAINING: 503,
+    ErrorType.LOADING: 503,
+    ErrorType.DRAINING: 503,  # after LOADING: the type others' 503s are given
     ErrorType.ENGINE: 500,
 }
 
@@ -85,6 +87,16 @@ def error_body(error_type: ErrorType, message: str) -> dict[str, Any]:
             "code": STATUS_BY_TYPE[error_type],
         }
     }
+
+
+def loading() -> LaminaError:
+    """503 until the model is loaded and warm."""
+    return LaminaError(ErrorType.LOADING, "model is still loading")
+
+
+def draining() -> LaminaError:
+    """503 once the server is shutting down (readiness fails first)."""
+    return LaminaError(ErrorType.DRAINING, "draining: shutting down")
 
 
 def invalid(message: str) -> LaminaError:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 from .config import Pooling
 from .encoding import BYTES_PER_VALUE, DType
@@ -48,7 +47,6 @@ class Admission:
         self.retry_after_seconds = retry_after_seconds
         self.in_flight = 0
         self.draining = False
-        self.drain_started: float | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -70,9 +68,7 @@ class Admission:
             self._idle.set()
 
     def start_drain(self) -> None:
-        if not self.draining:
-            self.draining = True
-            self.drain_started = time.monotonic()
+        self.draining = True
 
     async def wait_idle(self, seconds: float) -> bool:
         """Wait until nothing is in flight; False when ``seconds`` passed first."""

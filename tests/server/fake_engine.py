@@ -13,9 +13,9 @@ from lamina_server.config import LaminaSettings, Pooling
 from lamina_server.limits import Admission
 from lamina_server.maps import LoadedMap
 from lamina_server.metrics import Metrics
-from lamina_server.pooling import pool
 from lamina_server.service import F32, HiddenStateService, ModelFacts
 from prometheus_client import CollectorRegistry
+from reference_pooling import pool
 
 
 class FakeEngine:

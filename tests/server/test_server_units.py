@@ -21,7 +21,7 @@ from lamina_server.config import (
     parse_size,
 )
 from lamina_server.encoding import (
-    encode,
+    encode_array,
     round_to_dtype,
     safetensors_bytes,
     to_bfloat16_bits,
@@ -30,9 +30,9 @@ from lamina_server.encoding import (
 from lamina_server.errors import STATUS_BY_TYPE, ErrorType, LaminaError, error_body
 from lamina_server.layers import resolve_layer, resolve_layers
 from lamina_server.limits import Admission, response_bytes
-from lamina_server.pooling import pool
 from lamina_server.protocol import HiddenStatesResponse
 from metrics_text import total
+from reference_pooling import pool
 
 # -- config ----------------------------------------------------------------------
 
@@ -136,12 +136,11 @@ def test_bfloat16_matches_torch() -> None:
 
 def test_base64_round_trips() -> None:
     x = np.linspace(-1, 1, 7, dtype=np.float32)
-    got = np.frombuffer(base64.b64decode(str(encode(x, "base64", "float32"))), "<f4")
+    got = np.frombuffer(base64.b64decode(str(encode_array(x, "base64", "float32"))), "<f4")
     np.testing.assert_array_equal(got, x)
-    half = np.frombuffer(base64.b64decode(str(encode(x, "base64", "float16"))), "<f2")
+    half = np.frombuffer(base64.b64decode(str(encode_array(x, "base64", "float16"))), "<f2")
     np.testing.assert_array_equal(half, x.astype(np.float16))
     assert len(to_dtype_bytes(x, "bfloat16")) == 14
-    assert encode(x, "float", "float32") == x.tolist()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -151,17 +150,15 @@ def test_orjson_numbers_are_the_float_lists(dtype: Any) -> None:
     differently: ``1e-7`` for ``1e-07``)."""
     import json
 
-    from lamina_server.encoding import encode_array
     from lamina_server.service import dumps_json
 
     rng = np.random.default_rng(1)
     for x in (rng.standard_normal(768), rng.standard_normal((5, 64)) * 1e-6):
         x = x.astype(np.float32)
-        old = json.dumps(encode(x, "float", dtype), separators=(",", ":")).encode()
+        float_lists = round_to_dtype(x, dtype).tolist()
+        old = json.dumps(float_lists, separators=(",", ":")).encode()
         new = dumps_json(encode_array(x, "float", dtype))
         assert json.loads(new) == json.loads(old)
-        assert json.loads(old) == round_to_dtype(x, dtype).tolist()
-    assert encode_array(x, "base64", dtype) == encode(x, "base64", dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -301,13 +298,23 @@ def test_metrics_over_fake_engine() -> None:
     asyncio.run(run())
 
 
-def test_not_ready_is_503() -> None:
+def test_loading_and_draining_are_503s_a_client_can_tell_apart() -> None:
     async def run() -> None:
         client, state, _ = make_client()
         state.ready = False
-        r = await client.post("/v1/hidden_states", json={"prompts": ["x"]})
-        assert r.status_code == 503
-        assert (await client.get("/readyz")).status_code == 503
+        for r in (
+            await client.post("/v1/hidden_states", json={"prompts": ["x"]}),
+            await client.post(
+                "/v1/completions", json={"prompt": "x", "output_hidden_states": True}
+            ),
+            await client.get("/readyz"),
+        ):
+            assert r.status_code == 503
+            assert r.json()["error"]["type"] == "model_loading"
+        state.ready = True
+        state.admission.start_drain()
+        r = await client.get("/readyz")
+        assert (r.status_code, r.json()["error"]["type"]) == (503, "service_unavailable")
 
     asyncio.run(run())
 

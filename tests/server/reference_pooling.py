@@ -1,15 +1,11 @@
-"""Pooling of one prompt's per-token hidden states (pure numpy).
-
-The worker pools in torch with the same meaning; this is the reference used by
-tests and by engines that return per-token rows.
-"""
+"""Pooling of one prompt's per-token hidden states in numpy: the reference the tests
+compare with (the server pools in torch, in the worker: lamina_server.capture)."""
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-
-from .config import Pooling
+from lamina_server.config import Pooling
 
 F32 = npt.NDArray[np.float32]
 
