@@ -304,9 +304,6 @@ def test_loading_and_draining_are_503s_a_client_can_tell_apart() -> None:
         state.ready = False
         for r in (
             await client.post("/v1/hidden_states", json={"prompts": ["x"]}),
-            await client.post(
-                "/v1/completions", json={"prompt": "x", "output_hidden_states": True}
-            ),
             await client.get("/readyz"),
         ):
             assert r.status_code == 503
