@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -394,6 +395,7 @@ class LaminaMiddleware:
         disconnected = False
         held: Message | None = None  # an error answer's start, until its body is known
         error_chunks: list[bytes] = []
+        refusal = b""  # a 4xx answer's body, for the log
 
         async def receive_and_watch() -> Message:
             nonlocal disconnected
@@ -403,12 +405,12 @@ class LaminaMiddleware:
             return message
 
         async def send_and_record(message: Message) -> None:
-            nonlocal status, responded, held
+            nonlocal status, responded, held, refusal
             if message["type"] == "http.response.body" and held is not None:
                 error_chunks.append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                payload = normalized_error(status, b"".join(error_chunks))
+                payload = refusal = normalized_error(status, b"".join(error_chunks))
                 kept = [
                     (k, v)
                     for k, v in held.get("headers", [])
@@ -485,8 +487,16 @@ class LaminaMiddleware:
             code = str(CLIENT_GONE) if disconnected else str(status)
             if disconnected:
                 log.info("client disconnected: %s %s (counted as %s)", scope["method"], path, code)
+            elif refusal:
+                log.info("refused %s %s: %s", scope["method"], path[:200], refusal_summary(refusal))
             state.metrics.requests.labels(route, code).inc()
             state.metrics.duration.labels(route).observe(time.perf_counter() - started)
+
+
+def refusal_summary(payload: bytes) -> str:
+    """``413 request_too_large: <message>`` of an error envelope (the message cut short)."""
+    error = json.loads(payload)["error"]
+    return f"{error['code']} {error['type']}: {str(error['message'])[:300]}"
 
 
 async def _no_receive() -> Message:

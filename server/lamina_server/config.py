@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .logs import LogFormat
+
 Pooling = Literal["last", "mean", "all"]
 POOLINGS: tuple[Pooling, ...] = ("last", "mean", "all")
 
@@ -47,6 +49,7 @@ LAMINA_FLAGS = (
     "max-response-bytes",
     "max-queue-length",
     "drain-timeout-seconds",
+    "log-format",
     "max-body-bytes",
     "max-json-depth",
     "max-json-array-items",
@@ -87,6 +90,7 @@ class LaminaSettings:
     # Alignment maps to load at start: (name, path of a `lamina align fit` file).
     maps: tuple[tuple[str, str], ...] = ()
     api_key: str | None = None
+    log_format: LogFormat = "text"
 
 
 def env_name(flag: str) -> str:
@@ -189,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="an alignment map (lamina align fit) requests can name; repeatable, or "
         "LAMINA_MAP=NAME=PATH[,NAME=PATH]",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=d.log_format,
+        help="Lamina's own log lines as text or one JSON object per line",
+    )
     return p
 
 
@@ -271,6 +281,7 @@ def parse_command_line(
         max_header_bytes=ns.max_header_bytes,
         maps=tuple(pair for given in ns.map for pair in given),
         api_key=env.get("LAMINA_API_KEY") or None,
+        log_format=ns.log_format,
     )
     return settings, rest + passthrough
 

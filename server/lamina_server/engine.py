@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from argparse import Namespace
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from .config import LaminaSettings, Pooling, engine_dtype
 from .errors import invalid
 from .http_protocol import LaminaH11Protocol
 from .limits import Admission
+from .logs import log_to_stderr
 from .maps import LoadedMap, MapError, check_against_model, read_maps
 from .metrics import Metrics
 from .service import F32, HiddenStateService, ModelFacts
@@ -324,6 +326,7 @@ async def serve(
     loop = asyncio.get_running_loop()
 
     _, sock = setup_server(args, reuse_port=False)
+    started = time.monotonic()
     async with build_async_engine_client(args) as client:
         supported_tasks = await client.get_supported_tasks()
         app = build_app(args, supported_tasks, client.model_config)
@@ -333,6 +336,16 @@ async def serve(
         state.service = HiddenStateService(engine, settings, metrics, maps)
         install(app, state)
         facts = engine.facts
+        log.info(
+            "model loaded in %.1fs: %s (%s on %s, %d layers, hidden %d, context %d)",
+            time.monotonic() - started,
+            facts.name,
+            facts.dtype,
+            facts.device,
+            facts.num_layers,
+            facts.hidden_size,
+            facts.max_model_len,
+        )
         metrics.model_info.info(
             {
                 "model": facts.name,
@@ -341,13 +354,14 @@ async def serve(
                 "max_model_len": str(facts.max_model_len),
             }
         )
+        warm_up_started = time.monotonic()
         await warm_up(engine)
         state.ready = True
         log.info(
-            "lamina ready: model=%s layers=%d hidden=%d",
-            facts.name,
-            facts.num_layers,
-            facts.hidden_size,
+            "lamina ready (warm-up %.1fs): serving on %s:%d",
+            time.monotonic() - warm_up_started,
+            args.host or "0.0.0.0",
+            args.port,
         )
 
         config = uvicorn.Config(
@@ -376,6 +390,8 @@ async def serve(
                     settings.drain_timeout_seconds,
                     admission.in_flight,
                 )
+            else:
+                log.info("drained: nothing in flight, stopping")
             server.should_exit = True
 
         drain_tasks: list[asyncio.Task[None]] = []
@@ -421,18 +437,6 @@ def apply_cpu_plan(model: str, kv_cache_given: bool) -> int | None:
     return plan.kv_cache_bytes
 
 
-def _log_to_stderr() -> None:
-    """Lamina's own INFO lines (start, KV cache and threads chosen, drain) beside vLLM's."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(levelname)s %(asctime)s [lamina] %(message)s", "%m-%d %H:%M:%S")
-        )
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
 def _termination_message(text: str) -> None:
     """Kubernetes shows /dev/termination-log in the pod's status (and `kubectl describe`)."""
     with contextlib.suppress(OSError), open("/dev/termination-log", "w") as f:
@@ -447,13 +451,14 @@ def run(settings: LaminaSettings, vllm_argv: Sequence[str]) -> None:
     from vllm.logger import configure_logging_from_args
 
     cli_env_setup()  # type: ignore[no-untyped-call]
-    _log_to_stderr()
+    log_to_stderr(log, settings.log_format)
     try:  # before the engine starts: a bad file stops the server in a second
         maps = read_maps(settings.maps)
     except MapError as e:
         raise _stop(str(e)) from None
     args = parse_vllm_args(vllm_argv)
     configure_logging_from_args(args)
+    log.info("lamina starting: model=%s dtype=%s maps=%d", args.model, args.dtype, len(maps))
     kv_cache = apply_cpu_plan(args.model, args.kv_cache_memory_bytes is not None)
     if kv_cache is not None:
         args.kv_cache_memory_bytes = kv_cache

@@ -819,3 +819,57 @@ def test_big_answers_render_in_short_calls_with_the_same_bytes() -> None:
     assert dumps_json({"x": rows, "y": rows[0]}) == orjson.dumps(
         {"x": rows, "y": rows[0]}, option=orjson.OPT_SERIALIZE_NUMPY
     )
+
+
+def test_each_refusal_is_one_info_line_saying_why(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    async def run() -> None:
+        client, _, _ = make_client()
+        await client.post("/v1/hidden_states", json={"prompts": ["x"], "layers": [9]})
+        await client.get("/v1/hidden_states")
+        await client.post("/v1/hidden_states", json={"prompts": ["x"]})  # served: no line
+
+    with caplog.at_level(logging.INFO, logger="lamina_server"):
+        asyncio.run(run())
+    lines = [r for r in caplog.records if r.name == "lamina_server"]
+    assert [r.levelname for r in lines] == ["INFO", "INFO"]
+    assert all(r.exc_info is None for r in lines)
+    first, second = (r.getMessage() for r in lines)
+    assert first.startswith("refused POST /v1/hidden_states: 422 invalid_request_error: ")
+    assert "layer 9" in first
+    assert second == (
+        "refused GET /v1/hidden_states: 405 method_not_allowed: /v1/hidden_states takes POST, "
+        "not GET"
+    )
+
+
+def test_log_format_json_gives_one_json_object_per_line() -> None:
+    import io
+    import json
+    import logging
+
+    from lamina_server.logs import log_to_stderr
+
+    settings, _ = parse_command_line(["--model", "m"], {"LAMINA_LOG_FORMAT": "json"})
+    assert settings.log_format == "json"
+    logger = logging.getLogger("lamina_server.test_json_lines")
+    log_to_stderr(logger, settings.log_format)
+    stream = io.StringIO()
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    logger.info("model loaded in %.1fs", 2.5)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("engine error")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(x["level"], x["message"]) for x in lines] == [
+        ("INFO", "model loaded in 2.5s"),
+        ("ERROR", "engine error"),
+    ]
+    assert "ValueError: boom" in lines[1]["exception"]
+    assert lines[0]["logger"] == "lamina_server.test_json_lines"
+    with pytest.raises(SystemExit):
+        parse_command_line(["--log-format", "xml"], {})
