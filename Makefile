@@ -51,6 +51,13 @@ lint: venv ## ruff and mypy --strict
 test: venv cluster-tools ## everything: lint, unit, cluster, server, chart tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The tests that need no cluster, no vLLM engine and no network (~30 s warm).
+UNIT_MARKERS := not cluster and not vllm and not e2e and not install
+
+.PHONY: unit
+unit: venv cluster-tools ## the fast tests (< 1 min): no cluster, no vLLM engine, no network
+	$(PY) -m pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
+
 .PHONY: demo
 demo: venv cluster-tools ## the main job: local cluster, chart, operator, a CPU server, real hidden states
 	@hack/demo.sh
