@@ -29,6 +29,7 @@ from .errors import (
     ErrorType,
     LaminaError,
     draining,
+    engine_failure,
     error_body,
     loading,
     normalized_error,
@@ -161,9 +162,8 @@ def build_router(state: ServerState) -> APIRouter:
             return error_response(e)
         except ClientDisconnect:  # not an error of ours: the middleware counts it (499)
             return Response(status_code=CLIENT_GONE)
-        except Exception as e:  # engine failure: one envelope, logged with its cause
-            log.exception("engine error")
-            return error_response(LaminaError(ErrorType.ENGINE, f"engine error: {e}"))
+        except Exception as e:
+            return error_response(engine_failure(e))
 
     @router.post(
         "/v1/hidden_states",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 import orjson
@@ -30,13 +29,11 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .app import ServerState, error_response, replay_body, validation_message
-from .errors import ErrorType, LaminaError, invalid, loading
+from .errors import LaminaError, engine_failure, invalid, loading
 from .openai_checks import CHAT, completion_problem
 from .protocol import HiddenStatesRequest
 from .service import F32, HiddenStateService, Plan, dumps_json
 from .worker import in_worker
-
-log = logging.getLogger("lamina_server")
 
 FIELD = "output_hidden_states"
 LEGACY_LAYER = "hidden_state_layer"
@@ -188,10 +185,8 @@ class CompletionsHiddenStates:
         except LaminaError as e:
             await error_response(e)(scope, receive, send)
             return
-        except Exception as e:  # engine failure: the same envelope as everywhere
-            log.exception("engine error during output_hidden_states")
-            err = LaminaError(ErrorType.ENGINE, f"engine error: {e}")
-            await error_response(err)(scope, receive, send)
+        except Exception as e:
+            await error_response(engine_failure(e))(scope, receive, send)
             return
         start = captured.get("start") or {"status": 500, "headers": []}
         payload = b"".join(captured["body"])

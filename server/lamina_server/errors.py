@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
+
+log = logging.getLogger("lamina_server")
 
 
 class ErrorType(enum.StrEnum):
@@ -87,6 +90,13 @@ def error_body(error_type: ErrorType, message: str) -> dict[str, Any]:
             "code": STATUS_BY_TYPE[error_type],
         }
     }
+
+
+def engine_failure(error: Exception) -> LaminaError:
+    """What an unexpected exception while serving is answered with (a 500, never bad
+    input: that is refused before), logged with its traceback. Call in an ``except``."""
+    log.exception("engine error")
+    return LaminaError(ErrorType.ENGINE, f"engine error: {error}")
 
 
 def loading() -> LaminaError:
