@@ -4,7 +4,8 @@ vLLM mixes :class:`HiddenStateCapture` into its worker class
 (``--worker-extension-cls lamina_server.capture.HiddenStateCapture``); the API
 process reaches its methods with ``collective_rpc``.
 
-How a capture works (see ``/work/shared/VLLM_NOTES.md`` for the measured facts):
+How a capture works (the facts it relies on are pinned by tests against transformers:
+``tests/server/test_server_correctness.py``, ``test_server_preemption.py``):
 
 * A request asks for hidden states through ``SamplingParams.extra_args["lamina"]``
   = ``{"key", "layers" (absolute indices), "pooling"}``. Requests without it (plain
