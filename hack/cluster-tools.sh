@@ -188,9 +188,12 @@ build_cni() {
 	local m="$root/src/cni" t0=$SECONDS mod=github.com/containernetworking/plugins
 	log "CNI plugins $CNI_PLUGINS_VERSION: fetching modules"
 	scratch_module "$m" cni
-	(cd "$m" && go get "${plugins[@]/#/$mod/plugins/}" "$mod@$CNI_PLUGINS_VERSION" 2>&1 | tail -n 3 >&2)
+	local pkgs=("${plugins[@]/#/$mod/plugins/}")
+	# Each package at the pinned version: a bare path means @upgrade, which conflicts
+	# with the pin as soon as the proxy serves a newer release.
+	(cd "$m" && go get "${pkgs[@]/%/@$CNI_PLUGINS_VERSION}" 2>&1 | tail -n 3 >&2)
 	log "CNI plugins $CNI_PLUGINS_VERSION: compiling ${names[*]}"
-	(cd "$m" && go build -trimpath -ldflags="-s -w" -o "$m/out/" "${plugins[@]/#/$mod/plugins/}")
+	(cd "$m" && go build -trimpath -ldflags="-s -w" -o "$m/out/" "${pkgs[@]}")
 	mkdir -p "$bin/cni"
 	for p in "${names[@]}"; do mv -f "$m/out/$p" "$bin/cni/$p"; done
 	log "CNI plugins: done in $((SECONDS - t0))s"
