@@ -1,9 +1,11 @@
 """One level-triggered, idempotent reconcile of an LLMDeployment.
 
-parse → account the cost (with spec.cost: pure, from the listed pods) → render (pure;
-0 pods under a budget hold) → server-side apply what differs → prune what is no longer
-wanted → status from what is observed, written only when it changed. The same call
-serves create, update, resume, drift and the periodic resync.
+Decisions are pure functions of what is observed; the I/O around them is thin:
+parse → list the pods (with spec.cost) → `cost_report` → `render_children` (0 pods
+under a budget hold) → `plan_children` (what differs, what is no longer wanted) →
+`_carry_out` (server-side apply, delete) → `plan_status` → patch it only when it
+changed, with `status_events` for what is news. The same call serves create, update,
+resume, drift and the periodic resync.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from lamina_operator.validation import InvalidSpec, parse_spec
 ChildKey = tuple[str, str, str]  # kind, namespace, name
 OwnerKey = tuple[str, str]  # namespace, LLMDeployment name
 DEFAULT_COST_REFRESH_SECONDS = 60
-# (type Normal|Warning, reason, message) -> posted as a Kubernetes Event on the owner.
-PostEvent = Callable[[str, str, str], None]
+Event = tuple[str, str, str]  # type Normal|Warning, reason, message
+PostEvent = Callable[[str, str, str], None]  # posts an Event on the owner
 
 
 def fingerprint(value: Any) -> str:
@@ -193,25 +195,43 @@ class Settings:
     cost_refresh_seconds: int = DEFAULT_COST_REFRESH_SECONDS
 
 
-async def _apply_children(
-    kube: Kube,
-    memory: KnownState,
-    observed: Observed,
-    spec: LLMDeploymentSpec,
-    post_event: PostEvent,
-    settings: Settings,
-    now: dt.datetime,
-    budget_hold: bool,
+@dataclass(frozen=True)
+class ChildChanges:
+    """What one reconcile must change among the children: decided purely, carried out by
+    `_carry_out`."""
+
+    apply: tuple[tuple[ChildKey, Manifest], ...] = ()
+    prune: tuple[ChildKey, ...] = ()
+
+
+def plan_children(
+    owner: Owner, desired: Mapping[str, Manifest], memory: KnownState
+) -> ChildChanges:
+    """Apply what differs from what was last applied and seen; prune known children that
+    are no longer wanted."""
+    apply = tuple(
+        (key, manifest)
+        for kind, manifest in desired.items()
+        if memory.needs_apply(key := (kind, owner.namespace, owner.name), manifest)
+    )
+    prune = tuple(
+        key
+        for kind in CHILD_RESOURCES
+        if kind not in desired
+        and memory.cache.get(key := (kind, owner.namespace, owner.name)) is not None
+    )
+    return ChildChanges(apply, prune)
+
+
+async def _carry_out(
+    kube: Kube, memory: KnownState, changes: ChildChanges, post_event: PostEvent
 ) -> list[str]:
-    """Apply and prune; returns the add-ons the cluster lacks for this spec."""
-    owner = observed.owner
-    held = leases.held(observed.meta, now)
-    desired = render_children(owner, spec, settings.images, settings.prometheus, held, budget_hold)
+    """Apply and prune; returns the add-ons the cluster lacks (their kinds are not
+    served). A child the API rejects makes the spec invalid; a core kind not served is
+    transient (e.g. its namespace is being deleted)."""
     missing = []
-    for kind, manifest in desired.items():
-        key = (kind, owner.namespace, owner.name)
-        if not memory.needs_apply(key, manifest):
-            continue
+    for key, manifest in changes.apply:
+        kind, _, name = key
         existed = memory.cache.get(key) is not None
         try:
             stored = await kube.apply(manifest)
@@ -219,39 +239,108 @@ async def _apply_children(
             raise InvalidSpec(f"the API rejected the {kind}: {error}") from None
         except NotServed as error:
             if kind not in ADD_ON_KINDS:
-                raise TransientApiError(str(error)) from None  # e.g. the namespace is going
+                raise TransientApiError(str(error)) from None
             missing.append(ADD_ON_KINDS[kind])
             continue
         memory.record(key, manifest, stored)
         if not existed:
-            post_event("Normal", "Created", f"created {kind}/{owner.name}")
-    for kind in CHILD_RESOURCES:
-        key = (kind, owner.namespace, owner.name)
-        if kind not in desired and memory.cache.get(key) is not None:
-            await kube.delete(kind, owner.namespace, owner.name)
-            memory.forget(key)
-            post_event("Normal", "Deleted", f"deleted {kind}/{owner.name}: no longer wanted")
+            post_event("Normal", "Created", f"created {kind}/{name}")
+    for key in changes.prune:
+        kind, namespace, name = key
+        await kube.delete(kind, namespace, name)
+        memory.forget(key)
+        post_event("Normal", "Deleted", f"deleted {kind}/{name}: no longer wanted")
     return missing
 
 
-async def _account(
-    kube: Kube,
-    owner: Owner,
+def cost_report(
     spec: LLMDeploymentSpec,
     previous: Mapping[str, Any],
-    departed: Mapping[str, Manifest],
+    listed: Iterable[Manifest],
+    departed: Iterable[Manifest],
     now: dt.datetime,
     refresh_seconds: int,
 ) -> CostReport | None:
-    """status.cost from the pods the API has now (listed, not remembered: a pod missed
+    """status.cost from the pods the API lists now (listed, not remembered: a pod missed
     by the watch must not count as running forever) and those deleted since."""
     if spec.cost is None:
         return None
     unit = accelerator_unit(spec)
-    listed = await kube.list_pods(owner.namespace, selector_string(owner))
     runs = [pod_run(pod, unit, gone=False, observed_at=now) for pod in listed]
-    runs += [pod_run(pod, unit, gone=True, observed_at=now) for pod in departed.values()]
+    runs += [pod_run(pod, unit, gone=True, observed_at=now) for pod in departed]
     return account(spec, previous.get("cost"), runs, now, refresh_seconds)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found: the parsed spec (None when invalid, with the conditions
+    saying why) and what came of carrying out the plan."""
+
+    spec: LLMDeploymentSpec | None
+    facts: ModelFacts | None = None
+    cost: CostReport | None = None
+    missing_add_ons: tuple[str, ...] = ()
+    invalid: Conditions | None = None
+
+
+def plan_status(
+    observed: Observed,
+    outcome: Outcome,
+    deployment: Manifest | None,
+    pods: Iterable[Manifest],
+    previous: Mapping[str, Any],
+    prometheus: PrometheusSource,
+    now: dt.datetime,
+) -> Manifest:
+    """The status the LLMDeployment should have, from what is observed now."""
+    spec, cost = outcome.spec, outcome.cost
+    if spec is None:
+        assert outcome.invalid is not None
+        conditions = outcome.invalid
+    else:
+        budget = cost.budget if cost is not None else None
+        held = budget.exceeded[2] if budget is not None and budget.hold else None
+        problem = autoscaling_problem(spec, prometheus) or missing_add_on(
+            list(outcome.missing_add_ons)
+        )
+        conditions = assess_conditions(spec, observed.owner, deployment, list(pods), problem, held)
+    return compute_status(
+        owner=observed.owner,
+        generation=observed.generation,
+        conditions=conditions,
+        spec=spec,
+        facts=outcome.facts,
+        deployment=deployment,
+        previous=previous,
+        now=format_time(now),
+        cost=cost,
+    )
+
+
+async def _converge(
+    kube: Kube,
+    memory: KnownState,
+    observed: Observed,
+    previous: Mapping[str, Any],
+    departed: Iterable[Manifest],
+    now: dt.datetime,
+    post_event: PostEvent,
+    settings: Settings,
+) -> Outcome:
+    """Parse, account, render, plan and carry out: the children match the spec after."""
+    owner = observed.owner
+    try:
+        spec, facts = parse_spec(owner.name, observed.spec)
+        listed = await kube.list_pods(owner.namespace, selector_string(owner)) if spec.cost else []
+        cost = cost_report(spec, previous, listed, departed, now, settings.cost_refresh_seconds)
+        hold = cost is not None and cost.budget is not None and cost.budget.hold
+        held_by = leases.held(observed.meta, now)
+        desired = render_children(owner, spec, settings.images, settings.prometheus, held_by, hold)
+        missing = await _carry_out(kube, memory, plan_children(owner, desired, memory), post_event)
+    except InvalidSpec as error:
+        # Children of an earlier valid spec are left serving; status says what to fix.
+        return Outcome(spec=None, invalid=invalid_spec_conditions(str(error)))
+    return Outcome(spec, facts, cost, tuple(missing))
 
 
 async def reconcile(
@@ -271,41 +360,17 @@ async def reconcile(
     key = (owner.namespace, owner.name)
     previous = memory.latest_status(key, observed.resource_version, observed.status)
     departed = dict(memory.departed.get(key, {}))
-    spec: LLMDeploymentSpec | None = None
-    facts: ModelFacts | None = None
-    cost: CostReport | None = None
-    conditions: Conditions
-    missing: list[str] = []
-    try:
-        spec, facts = parse_spec(owner.name, observed.spec)
-        cost = await _account(
-            kube, owner, spec, previous, departed, now, settings.cost_refresh_seconds
-        )
-        hold = cost is not None and cost.budget is not None and cost.budget.hold
-        missing = await _apply_children(
-            kube, memory, observed, spec, post_event, settings, now, hold
-        )
-    except InvalidSpec as error:
-        # Children of an earlier valid spec are left serving; status says what to fix.
-        spec, conditions = None, invalid_spec_conditions(str(error))
-    deployment = memory.cache.get(("Deployment", owner.namespace, owner.name))
-    if spec is not None:
-        pods = memory.pods.get(key, {})
-        budget = cost.budget if cost is not None else None
-        held = budget.exceeded[2] if budget is not None and budget.hold else None
-        problem = autoscaling_problem(spec, settings.prometheus) or missing_add_on(missing)
-        conditions = assess_conditions(spec, owner, deployment, list(pods.values()), problem, held)
-
-    status = compute_status(
-        owner=owner,
-        generation=observed.generation,
-        conditions=conditions,
-        spec=spec,
-        facts=facts,
-        deployment=deployment,
-        previous=previous,
-        now=format_time(now),
-        cost=cost,
+    outcome = await _converge(
+        kube, memory, observed, previous, departed.values(), now, post_event, settings
+    )
+    status = plan_status(
+        observed,
+        outcome,
+        memory.cache.get(("Deployment", owner.namespace, owner.name)),
+        memory.pods.get(key, {}).values(),
+        previous,
+        settings.prometheus,
+        now,
     )
     patch = status_patch(previous, status)
     if patch is not None:
@@ -315,8 +380,9 @@ async def reconcile(
             post_event("Warning", "StatusRejected", f"the API refused the status: {error}")
             return status
         memory.status_written(key, stored)
-        _announce(previous, status, post_event)
-    if spec is not None or cost is not None:
+        for event in status_events(previous, status):
+            post_event(*event)
+    if outcome.spec is not None or outcome.cost is not None:
         # Recorded in status.cost now, or not wanted (no spec.cost); an invalid spec
         # keeps them for when it is fixed.
         memory.forget_departed(key, departed)
@@ -327,20 +393,22 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
 
-def _announce(before: Mapping[str, Any], after: Mapping[str, Any], post_event: PostEvent) -> None:
+def status_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Event]:
     """Events for notable status changes: became ready, stopped being ready, invalid,
     a budget condition turned true."""
+    events: list[Event] = []
     for kind in (BUDGET_WARNING, BUDGET_EXCEEDED):
         was, now = _condition(before, kind), _condition(after, kind)
         if now.get("status") == "True" and was.get("status") != "True":
-            post_event("Warning", kind, str(now.get("message")))
+            events.append(("Warning", kind, str(now.get("message"))))
     old, new = _condition(before, READY), _condition(after, READY)
     if new.get("reason") == "InvalidSpec":
         if new.get("message") != old.get("message"):
-            post_event("Warning", "InvalidSpec", str(new.get("message")))
+            events.append(("Warning", "InvalidSpec", str(new.get("message"))))
     elif new.get("status") == "True" and old.get("status") != "True":
-        post_event("Normal", "Ready", str(new.get("message")))
+        events.append(("Normal", "Ready", str(new.get("message"))))
     elif old.get("status") == "True" and new.get("status") != "True":
         # Stopping on purpose (suspended, idle) is news, not trouble.
         kind = "Normal" if new.get("reason") in ("Suspended", "ScaledToZero") else "Warning"
-        post_event(kind, str(new.get("reason")), str(new.get("message")))
+        events.append((kind, str(new.get("reason")), str(new.get("message"))))
+    return events
