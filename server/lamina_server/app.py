@@ -370,6 +370,80 @@ async def check_body(scope: Scope, receive: Receive, settings: LaminaSettings) -
     return body
 
 
+class _Exchange:
+    """One request as it passes through the middleware: notices a client that goes
+    away, and rewrites the answer on its way out (every 4xx into the one error
+    envelope, ``Connection: close`` while draining, the engine's dtype on /v1/)."""
+
+    def __init__(self, receive: Receive, send: Send, state: ServerState, path: str) -> None:
+        self._receive, self._send = receive, send
+        self._state, self._path = state, path
+        self.status = 500
+        self.responded = False
+        self.disconnected = False
+        self.refusal = b""  # a 4xx answer's body, for the log
+        self._held: Message | None = None  # a 4xx answer's start, until its body is known
+        self._error_chunks: list[bytes] = []
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.responded:
+            self.disconnected = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and self._held is not None:
+            await self._send_error_body(message)
+            return
+        if message["type"] == "http.response.start":
+            message = self._start(message)
+            if 400 <= self.status < 500:  # client errors (503s of /health carry facts)
+                self._held = message
+                return
+        await self._send(message)
+
+    async def reject(self, err: LaminaError) -> None:
+        await error_response(err)({"type": "http"}, _no_receive, self.send)
+
+    def _start(self, message: Message) -> Message:
+        self.status = int(message["status"])
+        self.responded = True
+        extra = []
+        if self._state.admission.draining:
+            # Move keep-alive clients to another pod (uvicorn closes after this).
+            extra.append(CLOSE)
+        facts = self._state.facts
+        if self._path.startswith("/v1/") and facts is not None:
+            # Every answer says what the engine computed in (OpenAI shapes have no
+            # field for it).
+            extra.append((ENGINE_DTYPE_HEADER, facts.dtype.encode()))
+        if not extra:
+            return message
+        return {**message, "headers": [*message.get("headers", []), *extra]}
+
+    async def _send_error_body(self, message: Message) -> None:
+        assert self._held is not None
+        self._error_chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        payload = self.refusal = normalized_error(self.status, b"".join(self._error_chunks))
+        kept = [
+            (k, v)
+            for k, v in self._held.get("headers", [])
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        kept += [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        await self._send({**self._held, "headers": kept})
+        await self._send({"type": "http.response.body", "body": payload})
+
+
+def _needs_admission(path: str) -> bool:
+    return path.startswith("/v1/") and path != "/v1/models"
+
+
 class LaminaMiddleware:
     """Bearer auth, body limits, admission control on ``/v1/*``, request metrics, and
     every error answer in the one envelope (whoever made it)."""
@@ -378,119 +452,77 @@ class LaminaMiddleware:
         self.app = app
         self.state = state
 
-    async def _reject(self, send: Send, err: LaminaError) -> None:
-        await error_response(err)({"type": "http"}, _no_receive, send)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = self.state
-        path: str = scope["path"]
-        route = route_label(path)
         started = time.perf_counter()
-        status = 500
-        admitted = False
-        responded = False
-        disconnected = False
-        held: Message | None = None  # an error answer's start, until its body is known
-        error_chunks: list[bytes] = []
-        refusal = b""  # a 4xx answer's body, for the log
-
-        async def receive_and_watch() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect" and not responded:
-                disconnected = True
-            return message
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status, responded, held, refusal
-            if message["type"] == "http.response.body" and held is not None:
-                error_chunks.append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                payload = refusal = normalized_error(status, b"".join(error_chunks))
-                kept = [
-                    (k, v)
-                    for k, v in held.get("headers", [])
-                    if k.lower() not in (b"content-length", b"content-type")
-                ]
-                kept += [
-                    (b"content-type", JSON.encode()),
-                    (b"content-length", str(len(payload)).encode()),
-                ]
-                await send({**held, "headers": kept})
-                await send({"type": "http.response.body", "body": payload})
-                return
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                responded = True
-                extra = []
-                if state.admission.draining:
-                    # Move keep-alive clients to another pod (uvicorn closes after this).
-                    extra.append(CLOSE)
-                if path.startswith("/v1/") and state.facts is not None:
-                    # Every answer says what the engine computed in (OpenAI shapes
-                    # have no field for it).
-                    extra.append((ENGINE_DTYPE_HEADER, state.facts.dtype.encode()))
-                if extra:
-                    message = {**message, "headers": [*message.get("headers", []), *extra]}
-                if 400 <= status < 500:  # client errors (503s of /health carry facts)
-                    held = message
-                    return
-            await send(message)
-
+        exchange = _Exchange(receive, send, self.state, scope["path"])
         try:
-            key = state.settings.api_key
-            if key and path not in OPEN_PATHS and not _authorized(scope, key):
-                await self._reject(
-                    send_and_record,
-                    LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key"),
-                )
-                return
-            problem = head_problem(scope, state.settings.max_header_bytes) or route_problem(
-                scope["method"], path
-            )
-            if problem is not None:
-                await self._reject(send_and_record, problem)
-                return
-            app_receive: Receive = receive_and_watch
-            if scope["method"] == "POST":
-                # Read and checked here, once, for every route (vLLM's too), so no
-                # parser behind sees a body over the limits.
-                try:
-                    body = await check_body(scope, receive_and_watch, state.settings)
-                except LaminaError as e:
-                    await self._reject(send_and_record, e)
-                    return
-                if body is None:
-                    return
-                app_receive = replay_body(body, receive_and_watch, state.lane)
-            if path.startswith("/v1/") and path != "/v1/models":
-                try:
-                    state.admission.admit()
-                except LaminaError as e:
-                    await self._reject(send_and_record, e)
-                    return
-                admitted = True
-                state.metrics.in_flight.inc()
-            await self.app(scope, app_receive, send_and_record)
+            await self._serve(scope, exchange)
         except Exception:
-            if not disconnected:
+            if not exchange.disconnected:
                 raise
             # Whatever failed, failed for a client that is gone: counted and logged below.
         finally:
+            self._record(scope, exchange, started)
+
+    async def _serve(self, scope: Scope, exchange: _Exchange) -> None:
+        """The checks, then the app; an admitted request is released after."""
+        admission = self.state.admission
+        try:
+            app_receive = await self._checked_request(scope, exchange)
+            if app_receive is None:
+                return  # the client went away while sending the body
+            admitted = _needs_admission(scope["path"])
             if admitted:
-                state.admission.release()
-                state.metrics.in_flight.dec()
-            code = str(CLIENT_GONE) if disconnected else str(status)
-            if disconnected:
-                log.info("client disconnected: %s %s (counted as %s)", scope["method"], path, code)
-            elif refusal:
-                log.info("refused %s %s: %s", scope["method"], path[:200], refusal_summary(refusal))
-            state.metrics.requests.labels(route, code).inc()
-            state.metrics.duration.labels(route).observe(time.perf_counter() - started)
+                admission.admit()
+        except LaminaError as e:
+            await exchange.reject(e)
+            return
+        if not admitted:
+            await self.app(scope, app_receive, exchange.send)
+            return
+        self.state.metrics.in_flight.inc()
+        try:
+            await self.app(scope, app_receive, exchange.send)
+        finally:
+            admission.release()
+            self.state.metrics.in_flight.dec()
+
+    async def _checked_request(self, scope: Scope, exchange: _Exchange) -> Receive | None:
+        """Raises the first problem: the API key (401), the head's size (431), the
+        route (404, 405), the body (413, 400). Returns what the app reads the body
+        from; None when the client went away first."""
+        settings = self.state.settings
+        key = settings.api_key
+        if key and scope["path"] not in OPEN_PATHS and not _authorized(scope, key):
+            raise LaminaError(ErrorType.UNAUTHORIZED, "missing or wrong API key")
+        problem = head_problem(scope, settings.max_header_bytes) or route_problem(
+            scope["method"], scope["path"]
+        )
+        if problem is not None:
+            raise problem
+        if scope["method"] != "POST":
+            return exchange.receive
+        # Read and checked here, once, for every route (vLLM's too), so no parser
+        # behind sees a body over the limits.
+        body = await check_body(scope, exchange.receive, settings)
+        if body is None:
+            return None
+        return replay_body(body, exchange.receive, self.state.lane)
+
+    def _record(self, scope: Scope, exchange: _Exchange, started: float) -> None:
+        """Count and time the request; log a refusal or a client that went away."""
+        method, path = scope["method"], scope["path"]
+        code = str(CLIENT_GONE) if exchange.disconnected else str(exchange.status)
+        if exchange.disconnected:
+            log.info("client disconnected: %s %s (counted as %s)", method, path, code)
+        elif exchange.refusal:
+            log.info("refused %s %s: %s", method, path[:200], refusal_summary(exchange.refusal))
+        metrics = self.state.metrics
+        metrics.requests.labels(route_label(path), code).inc()
+        metrics.duration.labels(route_label(path)).observe(time.perf_counter() - started)
 
 
 def refusal_summary(payload: bytes) -> str:

@@ -28,7 +28,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .app import ServerState, error_response, replay_body, validation_message
+from .app import ServerState, error_response, read_body, replay_body, validation_message
 from .errors import LaminaError, engine_failure, invalid, loading
 from .openai_checks import CHAT, completion_problem
 from .protocol import HiddenStatesRequest
@@ -127,74 +127,80 @@ class CompletionsHiddenStates:
         if not (scope["type"] == "http" and scope["path"] in PATHS and scope["method"] == "POST"):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away before sending the body
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        # orjson, not json: it refuses lone surrogates (text no tokenizer takes), NaN
-        # and deep nesting with a ValueError instead of a RecursionError. The body is
-        # within the middleware's limits, so this parse is short.
+        path = scope["path"]
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            await error_response(invalid(f"invalid JSON: {e}"))(scope, receive, send)
-            return
-        problem = completion_problem(scope["path"], body, self.state.settings)
-        if problem is not None:
-            await error_response(problem)(scope, receive, send)
-            return
-        if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
-            await self.app(scope, replay_body(raw, receive, self.state.lane), send)
-            return
-        option = body.pop(FIELD, None)
-        legacy_layer = body.pop(LEGACY_LAYER, None)
-        if option is False or option is None:
-            await self.app(scope, replay_body(orjson.dumps(body), receive, self.state.lane), send)
-            return
-        try:
+            # The middleware has checked the body's size and shape already.
+            raw = await read_body(scope, receive, self.state.settings.max_body_bytes)
+            if raw is None:
+                return  # the client went away before sending the body
+            body = self._parsed(path, raw)
+            if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
+                await self.app(scope, replay_body(raw, receive, self.state.lane), send)
+                return
+            option = body.pop(FIELD, None)
+            legacy_layer = body.pop(LEGACY_LAYER, None)
+            forward = replay_body(orjson.dumps(body), receive, self.state.lane)
+            if option is False or option is None:
+                await self.app(scope, forward, send)
+                return
             if legacy_layer is not None:
                 option = legacy_option(option, legacy_layer)
-            service = self.state.service
-            if service is None or not self.state.ready:
-                raise loading()
-            if scope["path"] == CHAT and body.get("stream"):
-                raise invalid(f"{FIELD} is not supported with stream=true")
-            plan = await in_worker(plan_for, service, scope["path"], body, option)
+            service, plan = await self._plan(path, body, option)
+            start, payload, results = await self._complete(scope, forward, service, plan)
         except LaminaError as e:
             await error_response(e)(scope, receive, send)
             return
-
-        captured: dict[str, Any] = {"body": []}
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                captured["start"] = message
-            elif message["type"] == "http.response.body":
-                captured["body"].append(message.get("body", b""))
-
-        completion = self.app(
-            scope, replay_body(orjson.dumps(body), receive, self.state.lane), capture
-        )
-        try:
-            _, results = await asyncio.gather(completion, service.run(plan))
-        except LaminaError as e:
-            await error_response(e)(scope, receive, send)
-            return
-        except Exception as e:
-            await error_response(engine_failure(e))(scope, receive, send)
-            return
-        start = captured.get("start") or {"status": 500, "headers": []}
-        payload = b"".join(captured["body"])
         if start["status"] == 200:
-            single = isinstance(body.get("prompt"), str) or scope["path"] == CHAT
+            single = isinstance(body.get("prompt"), str) or path == CHAT
             args = (service, plan, results, payload, legacy_layer is not None, single)
             payload = await in_worker(merged_answer, *args)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": start["status"], "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    def _parsed(self, path: str, raw: bytes) -> Any:
+        """The request's JSON, or the client error it is."""
+        # orjson, not json: it refuses lone surrogates (text no tokenizer takes), NaN
+        # and deep nesting with a ValueError instead of a RecursionError. The body is
+        # within the middleware's limits, so this parse is short.
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise invalid(f"invalid JSON: {e}") from None
+        problem = completion_problem(path, body, self.state.settings)
+        if problem is not None:
+            raise problem
+        return body
+
+    async def _plan(
+        self, path: str, body: dict[str, Any], option: Any
+    ) -> tuple[HiddenStateService, Plan]:
+        service = self.state.service
+        if service is None or not self.state.ready:
+            raise loading()
+        if path == CHAT and body.get("stream"):
+            raise invalid(f"{FIELD} is not supported with stream=true")
+        return service, await in_worker(plan_for, service, path, body, option)
+
+    async def _complete(
+        self, scope: Scope, receive: Receive, service: HiddenStateService, plan: Plan
+    ) -> tuple[Message, bytes, list[dict[int, F32]]]:
+        """vLLM's answer (kept, not sent) and the hidden states, computed side by side."""
+        start: Message = {"status": 500, "headers": []}
+        chunks: list[bytes] = []
+
+        async def keep(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            _, results = await asyncio.gather(self.app(scope, receive, keep), service.run(plan))
+        except LaminaError:
+            raise
+        except Exception as e:
+            raise engine_failure(e) from None
+        return start, b"".join(chunks), results

@@ -19,6 +19,7 @@ import copy
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -311,20 +312,18 @@ async def serve(
     settings: LaminaSettings, args: Namespace, maps: dict[str, LoadedMap] | None = None
 ) -> None:
     """Run vLLM's OpenAI server with Lamina's routes until drained."""
-    import uvicorn
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.launcher import NoSignalServer, setup_server
+    from vllm.entrypoints.launchers.launcher import setup_server
 
     # The event loop waits for the GIL when Lamina's worker thread (or vLLM's) holds
     # it: at most this long, not Python's default 5 ms, at every turn of the loop.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     metrics = Metrics()
-    admission = Admission(settings.max_queue_length)
-    state = ServerState(settings=settings, metrics=metrics, admission=admission)
-    loop = asyncio.get_running_loop()
-
+    state = ServerState(
+        settings=settings, metrics=metrics, admission=Admission(settings.max_queue_length)
+    )
     _, sock = setup_server(args, reuse_port=False)
     started = time.monotonic()
     async with build_async_engine_client(args) as client:
@@ -335,25 +334,7 @@ async def serve(
         check_maps(maps or {}, engine.facts, settings)
         state.service = HiddenStateService(engine, settings, metrics, maps)
         install(app, state)
-        facts = engine.facts
-        log.info(
-            "model loaded in %.1fs: %s (%s on %s, %d layers, hidden %d, context %d)",
-            time.monotonic() - started,
-            facts.name,
-            facts.dtype,
-            facts.device,
-            facts.num_layers,
-            facts.hidden_size,
-            facts.max_model_len,
-        )
-        metrics.model_info.info(
-            {
-                "model": facts.name,
-                "num_layers": str(facts.num_layers),
-                "hidden_size": str(facts.hidden_size),
-                "max_model_len": str(facts.max_model_len),
-            }
-        )
+        _announce_model(engine.facts, metrics, time.monotonic() - started)
         warm_up_started = time.monotonic()
         await warm_up(engine)
         state.ready = True
@@ -363,56 +344,91 @@ async def serve(
             args.host or "0.0.0.0",
             args.port,
         )
-
-        config = uvicorn.Config(
-            LaminaMiddleware(CompletionsHiddenStates(app, state), state),
-            host=args.host,
-            port=args.port,
-            log_level=args.uvicorn_log_level,
-            access_log=not args.disable_uvicorn_access_log,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
-            # h11, not httptools: only h11 bounds the request line and headers.
-            http=LaminaH11Protocol,
-            h11_max_incomplete_event_size=settings.max_header_bytes,
-            # No WebSocket routes: an Upgrade header is an ordinary HTTP request.
-            ws="none",
-        )
-        server = NoSignalServer(config)
-        app.state.server = server
-
-        async def drain() -> None:
-            log.info("SIGTERM: draining (%d in flight)", admission.in_flight)
-            idle = await admission.wait_idle(settings.drain_timeout_seconds)
-            if not idle:
-                log.warning(
-                    "drain timeout (%.0fs): %d requests still in flight",
-                    settings.drain_timeout_seconds,
-                    admission.in_flight,
-                )
-            else:
-                log.info("drained: nothing in flight, stopping")
-            server.should_exit = True
-
-        drain_tasks: list[asyncio.Task[None]] = []
-
-        def on_signal() -> None:
-            if admission.draining:
-                server.force_exit = True
-                server.should_exit = True
-                return
-            admission.start_drain()
-            drain_tasks.append(loop.create_task(drain()))
-
-        loop.add_signal_handler(signal.SIGTERM, on_signal)
-        loop.add_signal_handler(signal.SIGINT, on_signal)
         try:
-            await server.serve(sockets=[sock])
+            await _serve_until_drained(app, state, args, sock)
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            loop.remove_signal_handler(signal.SIGINT)
             sock.close()
     log.info("lamina stopped")
+
+
+def _announce_model(facts: ModelFacts, metrics: Metrics, load_seconds: float) -> None:
+    """The INFO line and the lamina_model_info metric of a loaded model."""
+    log.info(
+        "model loaded in %.1fs: %s (%s on %s, %d layers, hidden %d, context %d)",
+        load_seconds,
+        facts.name,
+        facts.dtype,
+        facts.device,
+        facts.num_layers,
+        facts.hidden_size,
+        facts.max_model_len,
+    )
+    metrics.model_info.info(
+        {
+            "model": facts.name,
+            "num_layers": str(facts.num_layers),
+            "hidden_size": str(facts.hidden_size),
+            "max_model_len": str(facts.max_model_len),
+        }
+    )
+
+
+async def _serve_until_drained(
+    app: Any, state: ServerState, args: Namespace, sock: socket.socket
+) -> None:
+    """Serve HTTP until SIGTERM (or SIGINT) has drained what is in flight; a second
+    signal stops at once."""
+    import uvicorn
+    from vllm.entrypoints.launchers.launcher import NoSignalServer
+
+    settings, admission = state.settings, state.admission
+    config = uvicorn.Config(
+        LaminaMiddleware(CompletionsHiddenStates(app, state), state),
+        host=args.host,
+        port=args.port,
+        log_level=args.uvicorn_log_level,
+        access_log=not args.disable_uvicorn_access_log,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        # h11, not httptools: only h11 bounds the request line and headers.
+        http=LaminaH11Protocol,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # No WebSocket routes: an Upgrade header is an ordinary HTTP request.
+        ws="none",
+    )
+    server = NoSignalServer(config)
+    app.state.server = server
+
+    async def drain() -> None:
+        log.info("SIGTERM: draining (%d in flight)", admission.in_flight)
+        if await admission.wait_idle(settings.drain_timeout_seconds):
+            log.info("drained: nothing in flight, stopping")
+        else:
+            log.warning(
+                "drain timeout (%.0fs): %d requests still in flight",
+                settings.drain_timeout_seconds,
+                admission.in_flight,
+            )
+        server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    drain_tasks: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if admission.draining:
+            server.force_exit = True
+            server.should_exit = True
+            return
+        admission.start_drain()
+        drain_tasks.append(loop.create_task(drain()))
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def apply_cpu_plan(model: str, kv_cache_given: bool) -> int | None:
