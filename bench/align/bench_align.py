@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,10 @@ def make_data(anchors: int, hidden: int, out: Path) -> None:
     q, r = np.linalg.qr(rng.standard_normal((hidden, hidden)))
     rotation = q * np.sign(np.diag(r))
     spread = np.geomspace(3.0, 0.05, hidden)
-    x = np.lib.format.open_memmap(out / "x.npy", "w+", np.float64, (anchors, hidden))
-    y = np.lib.format.open_memmap(out / "y.npy", "w+", np.float64, (anchors, hidden))
+    # numpy's stub leaves open_memmap unannotated: give it the type it returns here.
+    open_memmap: Callable[..., np.memmap[Any, np.dtype[np.float64]]] = np.lib.format.open_memmap
+    x = open_memmap(out / "x.npy", "w+", np.float64, (anchors, hidden))
+    y = open_memmap(out / "y.npy", "w+", np.float64, (anchors, hidden))
     for start in range(0, anchors, 1000):
         rows = rng.standard_normal((min(1000, anchors - start), hidden)) * spread + 1.0
         x[start : start + len(rows)] = rows

@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -70,7 +71,8 @@ def bench_transformers(path: Path, prompts: list[list[int]], dtype: str) -> list
 
     torch.set_num_threads(os.cpu_count() or 1)
     tdtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=tdtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=tdtype)
+    model.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
     tokens = sum(len(p) for p in prompts)
     rows = []
     with torch.inference_mode():
@@ -157,6 +159,7 @@ def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]], repeats:
     from lamina_server.engine import WORKER_EXTENSION, VllmHiddenStateEngine, apply_cpu_plan
     from lamina_server.metrics import Metrics
     from prometheus_client import CollectorRegistry
+    from vllm.config.model import ModelDType
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -165,7 +168,7 @@ def _engine_alone_main(path: str, dtype: str, prompts: list[list[int]], repeats:
     async def run() -> None:
         args = AsyncEngineArgs(
             model=path,
-            dtype=dtype,
+            dtype=cast(ModelDType, dtype),  # float32 or bfloat16, from --dtypes
             max_model_len=512,
             max_num_seqs=64,
             max_num_batched_tokens=2048,

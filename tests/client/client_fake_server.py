@@ -288,7 +288,7 @@ class FakeServer:
                 return base64.b64encode(wire_bytes(values, dtype)).decode()
             return rounded(values, dtype).tolist()
 
-        data = [
+        data: list[dict[str, Any]] = [
             {
                 "index": i,
                 "prompt_tokens": counts[i],

@@ -7,17 +7,11 @@ retry tests wait for nothing and can read what was waited.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-# The test modules import their helpers as `client_fake_server` (pytest runs in
-# importlib mode with only tests/ on sys.path).
-sys.path.insert(0, str(Path(__file__).parent))
 import lamina
-from client_fake_server import FakeClock, FakeServer, Twin, sync_client
+import pytest
+from client.client_fake_server import FakeClock, FakeServer, Twin, sync_client
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,7 +15,7 @@ import httpx
 import lamina
 import numpy as np
 import pytest
-from client_fake_server import F32, FakeServer
+from client.client_fake_server import F32, FakeServer
 from lamina.align_sources import Deployment, parse_source
 from lamina.cli import main
 from safetensors.numpy import load_file

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from client_fake_server import FakeServer
+from client.client_fake_server import FakeServer
 from lamina.cli import main
 from safetensors import safe_open
 from safetensors.numpy import load_file

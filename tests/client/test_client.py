@@ -7,14 +7,16 @@ is held to the same results.
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import httpx
 import lamina
 import numpy as np
 import pytest
-from client_fake_server import FakeClock, FakeServer, Twin, sync_client
+from client.client_fake_server import F32, FakeClock, FakeServer, Twin, sync_client
+from lamina.wire import Result
 
-PROMPTS = [
+PROMPTS: list[str | list[int]] = [
     "the cat sat",
     "on the mat",
     "a much longer prompt with many more words in it",
@@ -25,10 +27,12 @@ PROMPTS = [
 ]
 
 
-def expected(fake: FakeServer, layers: int | list[int], pooling: str, dtype: str = "float32"):
+def expected(
+    fake: FakeServer, layers: int | list[int], pooling: str, dtype: str = "float32"
+) -> F32 | list[F32]:
     """What the caller should get for PROMPTS, built prompt by prompt."""
     one = isinstance(layers, int)
-    layer_list = [layers] if one else layers
+    layer_list = [layers] if isinstance(layers, int) else layers
     per_prompt = [
         np.stack([fake.expected(p, L, pooling, dtype) for L in layer_list]) for p in PROMPTS
     ]
@@ -38,7 +42,7 @@ def expected(fake: FakeServer, layers: int | list[int], pooling: str, dtype: str
     return stacked[:, 0] if one else stacked
 
 
-def assert_same(got, want) -> None:
+def assert_same(got: Result, want: F32 | list[F32]) -> None:
     if isinstance(want, list):
         assert isinstance(got, list)
         assert len(got) == len(want)
@@ -46,6 +50,7 @@ def assert_same(got, want) -> None:
             assert g.shape == w.shape
             np.testing.assert_array_equal(g.astype(np.float32), w)
     else:
+        assert isinstance(got, np.ndarray)
         assert got.shape == want.shape
         np.testing.assert_array_equal(got.astype(np.float32), want)
 
@@ -360,7 +365,9 @@ def test_api_key_is_sent_as_a_bearer_token(fake: FakeServer, clock: FakeClock) -
         c.hidden_states(["a"], -1)
     assert "api_key=" in str(caught.value)
     with sync_client(fake, clock, api_key="s3cret") as c:
-        assert c.hidden_states(["a"], -1).shape == (1, fake.hidden_size)
+        got = c.hidden_states(["a"], -1)
+        assert isinstance(got, np.ndarray)
+        assert got.shape == (1, fake.hidden_size)
     assert fake.requests[-1].headers["authorization"] == "Bearer s3cret"
 
 
@@ -384,7 +391,11 @@ def test_a_wrong_base_url_says_so(fake: FakeServer) -> None:
     ],
 )
 def test_caller_mistakes_fail_before_anything_is_sent(
-    client: lamina.Client, fake: FakeServer, kwargs: dict, error: type, text: str
+    client: lamina.Client,
+    fake: FakeServer,
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    text: str,
 ) -> None:
     call = {"prompts": ["a"], "layers": -1, **kwargs}
     with pytest.raises(error, match=text.replace("[", r"\[").replace("]", r"\]")):
@@ -425,8 +436,12 @@ def test_close_runs_on_close_once(fake: FakeServer) -> None:
 
 
 def test_numpy_integers_work_as_layers(client: lamina.Client, fake: FakeServer) -> None:
-    assert client.hidden_states(["a"], np.int64(-1)).shape == (1, fake.hidden_size)
-    got = client.hidden_states(["a"], np.array([-1, 0]))
+    # numpy layers are accepted at run time, beyond the declared int | Sequence[int].
+    got = client.hidden_states(["a"], cast(int, np.int64(-1)))
+    assert isinstance(got, np.ndarray)
+    assert got.shape == (1, fake.hidden_size)
+    got = client.hidden_states(["a"], cast(list[int], np.array([-1, 0])))
+    assert isinstance(got, np.ndarray)
     assert got.shape == (1, 2, fake.hidden_size)
     assert json.loads(fake.hidden_state_requests()[-1].content)["layers"] == [-1, 0]
 

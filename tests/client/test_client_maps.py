@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from client_fake_server import FakeMap, FakeServer, Twin
+from client.client_fake_server import FakeMap, FakeServer, Twin
 from lamina import NotFound
 
 

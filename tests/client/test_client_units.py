@@ -62,7 +62,7 @@ def test_next_delay_decides_what_is_retried() -> None:
 
 def info(**kwargs: object) -> ServerInfo:
     base = parse_health({"model": "m", "num_layers": 4, "hidden_size": 1000})
-    return ServerInfo(**{**base.__dict__, **kwargs})  # type: ignore[arg-type]
+    return ServerInfo(**{**base.__dict__, **kwargs})
 
 
 def test_first_batch_size_respects_prompt_and_byte_limits() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import lamina
 import numpy as np
 import pytest
-from client_fake_server import FakeServer, serve
+from client.client_fake_server import FakeServer, serve
 from lamina.cli import main
 
 KUBECTL = f"""#!{sys.executable}
@@ -112,7 +112,9 @@ def test_the_async_twin_port_forwards_too(kube: Path, fake: FakeServer) -> None:
     async def run() -> np.ndarray:
         client = await lamina.async_for_deployment("my-llm", "team")
         async with client:
-            return await client.hidden_states(["q"], [-1, -2])
+            got = await client.hidden_states(["q"], [-1, -2])
+            assert isinstance(got, np.ndarray)  # not pooling="all": one array
+            return got
 
     got = asyncio.run(run())
     assert got.shape == (1, 2, fake.hidden_size)

@@ -138,7 +138,10 @@ def _oci_archive(path: Path, ref: str, label: str) -> str:
             }
         ],
     }
-    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": json.dumps(index)}
+    files: dict[str, str | bytes] = {
+        "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+        "index.json": json.dumps(index),
+    }
     with tarfile.open(path, "w") as tar:
         for name, data in [
             *files.items(),

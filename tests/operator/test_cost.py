@@ -61,6 +61,7 @@ def pod(
         else:
             container["state"] = {"running": {"startedAt": stamp(started)}}
     if earlier_start is not None:
+        assert started is not None, "a restart needs the start that ended the earlier run"
         container["lastState"] = {
             "terminated": {"startedAt": stamp(earlier_start), "finishedAt": stamp(started)}
         }

@@ -45,7 +45,8 @@ def get(cluster: Cluster, namespace: str, *what: str) -> Any:
 
 
 def cost_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return get(cluster, namespace, "llmd", name).get("status", {}).get("cost", {})
+    cost: dict[str, Any] = get(cluster, namespace, "llmd", name).get("status", {}).get("cost", {})
+    return cost
 
 
 def pods_of(cluster: Cluster, namespace: str, name: str) -> dict[str, dict[str, Any]]:
@@ -65,8 +66,13 @@ def wait_cost_after(
     cluster: Cluster, namespace: str, name: str, moment: dt.datetime, timeout: float = 60
 ) -> dict[str, Any]:
     """status.cost once its figures describe a time after `moment`."""
+
+    def described_after() -> dict[str, Any] | None:
+        cost = cost_of(cluster, namespace, name)
+        return cost if cost and at(cost["asOf"]) > moment else None
+
     return wait_until(
-        lambda: (c := cost_of(cluster, namespace, name)) and at(c["asOf"]) > moment and c,
+        described_after,
         timeout=timeout,
         what=f"status.cost after {moment:%H:%M:%S}",
     )
@@ -146,11 +152,11 @@ def test_status_cost_is_the_pods_running_time_through_scale_down_and_restart(
 
     _, cost_metric, cost = metric_matches_status(cluster, namespace, "c", operator)
     assert cost_metric == pytest.approx(cost["cost"])
-    header, row = cluster.kubectl("-n", namespace, "get", "llmd", "c", "-o", "wide").stdout.split(
+    header, line = cluster.kubectl("-n", namespace, "get", "llmd", "c", "-o", "wide").stdout.split(
         "\n"
     )[:2]
     assert header.split()[-4:] == ["ACCEL-HOURS", "COST", "PROJECTED", "CURRENCY"]
-    assert row.split()[-1] == "USD"
+    assert line.split()[-1] == "USD"
 
     # The operator goes down; meanwhile the remaining pod is deleted (its replacement
     # starts). The deleted pod was last seen running at the last asOf before the stop.

@@ -38,7 +38,7 @@ async def test_without_keda_the_servers_are_applied_and_status_says_install_keda
         spec={"model": {"name": "m"}, "autoscaling": {"enabled": True}},
         status={},
     )
-    settings = Settings(prometheus=PrometheusSource(serverAddress="http://prom:9090"))
+    settings = Settings(prometheus=PrometheusSource(server_address="http://prom:9090"))
     now = datetime.datetime(2026, 11, 23, tzinfo=datetime.UTC)
     kube: Any = api
     await reconcile(kube, KnownState(), observed, now, lambda *e: events.append(e), settings)

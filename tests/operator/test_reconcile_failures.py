@@ -52,7 +52,7 @@ class FakeApi:
 def child_event(kind_type: str, owner: str, child: str, **meta: Any) -> kopf.RawEvent:
     ref = {"apiVersion": "lamina.dev/v1alpha1", "kind": "LLMDeployment", "name": owner}
     metadata = {"name": child, "namespace": "ns", "ownerReferences": [ref], **meta}
-    event: Any = {"type": kind_type, "object": {"metadata": metadata}}
+    event: kopf.RawEvent = {"type": kind_type, "object": {"metadata": metadata}}  # type: ignore[typeddict-item]
     return event
 
 
@@ -70,7 +70,8 @@ async def test_a_deleted_llmdeployment_leaves_nothing_in_memory() -> None:
         memory.pod_seen(("ns", name), f"{name}-pod", {"metadata": {"name": f"{name}-pod"}})
     assert {k[2] for k in memory.applied} == {"a", "b"}
 
-    handlers.llmdeployment_changed(type="DELETED", namespace="ns", name="a", memo=memo)
+    deleted: Any = handlers.llmdeployment_changed  # kopf's decorator types it as a handler
+    deleted(type="DELETED", namespace="ns", name="a", memo=memo)
     # the garbage collector's last updates of a's children arrive after a is gone
     handlers._child_changed(
         "Deployment", child_event("MODIFIED", "a", "a", deletionTimestamp="x"), memo
@@ -110,14 +111,15 @@ async def test_the_reconcile_loop_outlives_a_failing_status_write(
     failure: BaseException, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(handlers, "BACKOFF_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(handlers, "kopf", _NoEvents(handlers.kopf))
+    monkeypatch.setattr(handlers, "kopf", _NoEvents(kopf))
     api = FakeApi(failure)
     memo: Any = Memo(api)
     stopped = Stopped()
     body: Any = {"metadata": {"name": "m", "namespace": "ns", "uid": "u"}, "spec": SPEC}
     logger: Any = _Logger()
+    reconcile_forever: Any = handlers.reconcile_forever  # kopf types it as a daemon
     daemon = asyncio.ensure_future(
-        handlers.reconcile_forever(stopped=stopped, body=body, memo=memo, logger=logger)
+        reconcile_forever(stopped=stopped, body=body, memo=memo, logger=logger)
     )
     try:
         async with asyncio.timeout(10):

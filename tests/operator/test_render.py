@@ -145,13 +145,6 @@ def test_rendering_is_deterministic_across_processes() -> None:
     assert render("random") == first
 
 
-def _container(spec: LLMDeploymentSpec) -> dict[str, Any]:
-    container: dict[str, Any] = render_deployment(OWNER, spec)["spec"]["template"]["spec"][
-        "containers"
-    ][0]
-    return container
-
-
 def test_gpu_count_follows_tensor_and_pipeline_parallel_sizes() -> None:
     spec = LLMDeploymentSpec.model_validate(
         {"model": {"name": "m"}, "engine": {"tensorParallelSize": 4, "pipelineParallelSize": 2}}
@@ -277,7 +270,7 @@ def _autoscaled(**auto: Any) -> LLMDeploymentSpec:
 
 
 def test_keda_reads_the_operators_prometheus_unless_the_spec_names_one() -> None:
-    defaults = PrometheusSource(serverAddress="http://prom:9090", authenticationRef="auth")
+    defaults = PrometheusSource(server_address="http://prom:9090", authentication_ref="auth")
     scaled = render_children(OWNER, _autoscaled(), prometheus=defaults)["ScaledObject"]
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["metadata"]["serverAddress"] == "http://prom:9090"
@@ -298,7 +291,7 @@ def test_keda_without_any_prometheus_renders_no_scaled_object_and_says_what_to_s
 
 
 def test_scale_to_zero_keeps_one_pod_while_a_job_holds_the_deployment() -> None:
-    defaults = PrometheusSource(serverAddress="http://prom:9090")
+    defaults = PrometheusSource(server_address="http://prom:9090")
     spec = _autoscaled(minReplicas=0, scaleToZeroAfterSeconds=120)
     idle = render_children(OWNER, spec, prometheus=defaults)["ScaledObject"]["spec"]
     held = render_children(OWNER, spec, prometheus=defaults, held=True)["ScaledObject"]["spec"]

@@ -67,7 +67,7 @@ def spec(cluster: Cluster, ns: str) -> dict[str, Any]:
 
 def suspended_with_no_pods(cluster: Cluster, ns: str) -> bool:
     obj = get(cluster, ns, "llmd", "m")
-    return obj["spec"]["suspend"] and obj["status"].get("replicas") == 0
+    return bool(obj["spec"]["suspend"]) and obj["status"].get("replicas") == 0
 
 
 @pytest.fixture

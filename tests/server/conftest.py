@@ -7,17 +7,12 @@ it. The llama and gpt2 servers are launched together so their start-ups overlap.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# The test modules import their helpers as `server_helpers` (pytest runs in importlib
-# mode with only tests/ on sys.path).
-sys.path.insert(0, str(Path(__file__).parent))
-from server_helpers import SERVER_FLAGS, Reference, Server
+from server.server_helpers import SERVER_FLAGS, Reference, Server
 from tiny_model import TinyModelSpec, ensure_tiny_model
 
 ARCH_SPECS = {

@@ -15,7 +15,7 @@ from lamina_server.maps import LoadedMap
 from lamina_server.metrics import Metrics
 from lamina_server.service import F32, HiddenStateService, ModelFacts
 from prometheus_client import CollectorRegistry
-from reference_pooling import pool
+from server.reference_pooling import pool
 
 
 class FakeEngine:

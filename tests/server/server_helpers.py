@@ -47,6 +47,18 @@ SERVER_FLAGS = [
 ]
 
 
+def array(result: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """A client answer that is one array (pooled), not one per prompt."""
+    assert isinstance(result, np.ndarray), type(result)
+    return result
+
+
+def per_prompt(result: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    """A client answer that is one array per prompt (pooling "all")."""
+    assert isinstance(result, list), type(result)
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,9 +150,11 @@ class Reference:
 
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        self.model.eval()
-        blocks = getattr(getattr(self.model, "model", None), "layers", None)
+        # Any: transformers types its models' submodules (and eval()) loosely.
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        self.model = model
+        model.eval()
+        blocks: Any = getattr(getattr(self.model, "model", None), "layers", None)
         if blocks is None:
             blocks = self.model.transformer.h
         self.num_layers = len(blocks)
@@ -165,9 +179,9 @@ class Reference:
     def expected(self, ids: list[int], layer: int, pooling: str) -> np.ndarray:
         rows = self.states(ids)[layer % self.num_layers]
         if pooling == "last":
-            return rows[-1]
+            return np.asarray(rows[-1])
         if pooling == "mean":
-            return rows.mean(axis=0)
+            return np.asarray(rows.mean(axis=0))
         return rows
 
 

@@ -29,9 +29,9 @@ import lamina
 import numpy as np
 import pytest
 from lamina.cli import main
-from rotated_model import F64, random_rotation, rotated_copy
 from safetensors.numpy import save_file
-from server_helpers import SERVER_FLAGS, Reference, Server, server_env
+from server.rotated_model import F64, random_rotation, rotated_copy
+from server.server_helpers import SERVER_FLAGS, Reference, Server, array, per_prompt, server_env
 from tiny_model import TinyModelSpec, ensure_tiny_model
 
 pytestmark = pytest.mark.vllm
@@ -92,8 +92,8 @@ def rotation_fit(
         probes = word_prompts(12, seed=99)
         with lamina.Client(llama_server.url) as a, lamina.Client(server.url) as b:
             layers = [0, 1, 2, 3]
-            original = a.hidden_states(probes[:4], layers, "all")
-            rotated = b.hidden_states(probes[:4], layers, "all")
+            original = per_prompt(a.hidden_states(probes[:4], layers, "all"))
+            rotated = per_prompt(b.hidden_states(probes[:4], layers, "all"))
             probe_targets = b.hidden_states(probes, -2)
         anchors = work / "anchors.txt"
         anchors.write_text("\n".join(word_prompts(600, seed=1)) + "\n")
@@ -163,8 +163,8 @@ def test_a_server_with_the_map_answers_in_the_rotated_models_space(
     assert [m["name"] for m in health["maps"]] == ["rotate"]
     assert health["maps"][0]["layers"] == [-2]
     with lamina.Client(mapped_server.url) as client:
-        mapped = client.mapped_hidden_states(rotation_fit.probes, "rotate")
-        binary = client.mapped_hidden_states(rotation_fit.probes, "rotate", binary=True)
+        mapped = array(client.mapped_hidden_states(rotation_fit.probes, "rotate"))
+        binary = array(client.mapped_hidden_states(rotation_fit.probes, "rotate", binary=True))
     want = rotation_fit.probe_targets
     assert mapped.shape == want.shape == (12, HIDDEN)
     scale = float(np.abs(want).max())

@@ -10,7 +10,7 @@ import httpx
 import lamina
 import numpy as np
 import pytest
-from server_helpers import Reference, Server
+from server.server_helpers import Reference, Server, array
 
 pytestmark = pytest.mark.vllm
 TOL = 1e-4  # against transformers, float32
@@ -27,7 +27,7 @@ def test_more_prompts_than_one_request_takes_come_back_in_order(
     many = prompts(70)  # the server takes 64 per request
     with lamina.Client(llama_server.url) as client:
         assert client.health()["limits"]["max_prompts_per_request"] == 64
-        got = client.hidden_states(many, layers=[-2, 0], pooling="mean")
+        got = array(client.hidden_states(many, layers=[-2, 0], pooling="mean"))
     assert got.shape == (70, 2, 256)
     for i in (0, 33, 64, 69):
         ids = ref.tokens(many[i])

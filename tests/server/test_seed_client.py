@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_helpers import Reference, Server
+from server.server_helpers import Reference, Server
 
 pytestmark = pytest.mark.vllm
 

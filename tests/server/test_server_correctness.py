@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_helpers import Reference, Server
+from server.server_helpers import Reference, Server
 
 pytestmark = pytest.mark.vllm
 TOL = 1e-4
@@ -59,7 +59,7 @@ def test_matches_transformers_mixed_lengths(server: Server, reference: Any, pool
 
 def test_legacy_request_shape(server: Server, reference: Any) -> None:
     ref: Reference = reference(server.name)
-    body = {
+    body: dict[str, Any] = {
         "prompts": ["What is AI?", "Hi"],
         "layer": -2,
         "max_tokens": 1,

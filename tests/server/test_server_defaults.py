@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kube_cluster import wait_until
-from server_helpers import LOG_DIR, free_port, server_env
+from server.server_helpers import LOG_DIR, free_port, server_env
 
 pytestmark = pytest.mark.vllm
 

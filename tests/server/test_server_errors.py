@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from metrics_text import scrape, total
-from server_helpers import Server
+from server.server_helpers import Server
 
 pytestmark = pytest.mark.vllm
 

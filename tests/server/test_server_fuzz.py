@@ -22,7 +22,7 @@ import httpx
 import pytest
 from lamina_server.config import LaminaSettings
 from metrics_text import samples, scrape
-from server_helpers import HealthPoller, Server, process_tree_rss
+from server.server_helpers import HealthPoller, Server, process_tree_rss
 
 pytestmark = pytest.mark.vllm
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from lamina_server.config import LaminaSettings
-from server_helpers import HealthPoller, Server
+from server.server_helpers import HealthPoller, Server
 
 pytestmark = pytest.mark.vllm
 

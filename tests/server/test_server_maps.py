@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import safetensors.numpy
-from fake_engine import FakeEngine, make_client
 from lamina.align_map import AlignmentMap, MapFacts, Side
 from lamina.wire import Pooling
 from lamina_server.config import parse_command_line
 from lamina_server.maps import LoadedMap, MapError, check_against_model, read_map, read_maps
 from lamina_server.protocol import MappedHiddenStatesResponse
+from server.fake_engine import FakeEngine, make_client
 
 
 def client_map(path: Path, layers: tuple[int, ...] = (-2, 0), pooling: Pooling = "mean") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from metrics_text import samples
-from server_helpers import Server
+from server.server_helpers import Server
 
 pytestmark = pytest.mark.vllm
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
-from server_helpers import Reference, Server
+from server.server_helpers import Reference, Server
 
 pytestmark = pytest.mark.vllm
 

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from metrics_text import scrape, total
-from server_helpers import Reference, Server
+from server.server_helpers import Reference, Server
 
 pytestmark = pytest.mark.vllm
 

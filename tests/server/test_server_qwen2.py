@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from server_helpers import SERVER_FLAGS, Reference, Server
+from server.server_helpers import SERVER_FLAGS, Reference, Server
 from tiny_model import TinyModelSpec, ensure_tiny_model
 
 pytestmark = pytest.mark.vllm

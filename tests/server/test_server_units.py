@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fake_engine import make_client
 from lamina_server.app import ServerState, create_app
 from lamina_server.config import (
     LaminaSettings,
@@ -32,7 +31,8 @@ from lamina_server.layers import resolve_layer, resolve_layers
 from lamina_server.limits import Admission, response_bytes
 from lamina_server.protocol import HiddenStatesResponse
 from metrics_text import total
-from reference_pooling import pool
+from server.fake_engine import make_client
+from server.reference_pooling import pool
 
 # -- config ----------------------------------------------------------------------
 
@@ -153,8 +153,8 @@ def test_orjson_numbers_are_the_float_lists(dtype: Any) -> None:
     from lamina_server.service import dumps_json
 
     rng = np.random.default_rng(1)
-    for x in (rng.standard_normal(768), rng.standard_normal((5, 64)) * 1e-6):
-        x = x.astype(np.float32)
+    for x64 in (rng.standard_normal(768), rng.standard_normal((5, 64)) * 1e-6):
+        x = x64.astype(np.float32)
         float_lists = round_to_dtype(x, dtype).tolist()
         old = json.dumps(float_lists, separators=(",", ":")).encode()
         new = dumps_json(encode_array(x, "float", dtype))
@@ -501,7 +501,8 @@ def envelope_of(r: httpx.Response, status: int) -> str:
 def requests_by_code(state: ServerState) -> dict[str, float]:
     """lamina_requests_total summed over routes."""
     out: dict[str, float] = {}
-    for s in state.metrics.requests.collect()[0].samples:
+    (requests,) = state.metrics.requests.collect()
+    for s in requests.samples:
         if s.name == "lamina_requests_total":
             out[s.labels["code"]] = out.get(s.labels["code"], 0) + s.value
     return out
@@ -526,7 +527,8 @@ def test_json_problem_finds_values_depth_long_arrays_and_big_integers() -> None:
         "413 JSON nested deeper than 8 levels"
     )
     # any kind of item counts, one array at a time
-    for item in (7, "s", [], {}, None):
+    items: tuple[object, ...] = (7, "s", [], {}, None)
+    for item in items:
         long = json.dumps({"m": [item] * 101, "n": [item] * 100}).encode()
         assert problem(long) == "413 a JSON array holds more than 100 items"
         assert problem(json.dumps({"m": [item] * 100, "n": [item] * 100}).encode()) is None
@@ -654,7 +656,12 @@ def test_prompt_characters_and_token_ids_checked_before_work() -> None:
         client, _, engine = make_client(max_prompt_chars=10)
         calls: list[str] = []
         tokenize = engine.tokenize
-        engine.tokenize = lambda text: calls.append(text) or tokenize(text)  # type: ignore[method-assign]
+
+        def counting_tokenize(text: str, add_special_tokens: bool = True) -> list[int]:
+            calls.append(text)
+            return tokenize(text, add_special_tokens)
+
+        engine.tokenize = counting_tokenize  # type: ignore[method-assign]
         r = await client.post("/v1/hidden_states", json={"prompts": ["abcdef", "ghijk"]})
         assert "11 characters > 10" in envelope_of(r, 413)
         assert calls == []  # refused before tokenizing
