@@ -314,7 +314,7 @@ def figures(ledger: Ledger, cost: CostSpec) -> Figures:
 
 
 @dataclass(frozen=True)
-class BudgetVerdict:
+class BudgetState:
     """The two budget conditions (status, reason, message) and whether to hold the pods
     at zero."""
 
@@ -327,7 +327,7 @@ def _money(amount: float, currency: str) -> str:
     return f"{amount:.2f} {currency}"
 
 
-def judge_budget(ledger: Ledger, numbers: Figures, cost: CostSpec) -> BudgetVerdict | None:
+def assess_budget(ledger: Ledger, numbers: Figures, cost: CostSpec) -> BudgetState | None:
     """BudgetWarning at 80 % and BudgetExceeded at 100 % of the budget by the month's
     projection; the pods are held at zero (with suspendOverBudget) once the cost to date
     reaches the budget, not on a projection: a stopped deployment's projection falls
@@ -363,7 +363,7 @@ def judge_budget(ledger: Ledger, numbers: Figures, cost: CostSpec) -> BudgetVerd
         exceeded = (True, "ProjectedOverBudget", projected + _runs_out(ledger, numbers, cost))
     else:
         exceeded = (False, "WithinBudget", projected)
-    return BudgetVerdict(warning, exceeded, hold)
+    return BudgetState(warning, exceeded, hold)
 
 
 def _runs_out(ledger: Ledger, numbers: Figures, cost: CostSpec) -> str:
@@ -474,7 +474,7 @@ class CostReport:
     """What the reconcile needs from the accounting: status.cost and the budget."""
 
     status: Manifest
-    budget: BudgetVerdict | None
+    budget: BudgetState | None
 
 
 def account(
@@ -484,7 +484,7 @@ def account(
     now: dt.datetime,
     refresh_seconds: int,
 ) -> CostReport | None:
-    """status.cost and the budget verdict at `now`, from the previous status.cost and
+    """status.cost and the budget's state at `now`, from the previous status.cost and
     the pods. When only the clock moved and nothing it changes would show (no pod
     running, nothing started, stopped or settled), the previous status is kept as it
     is, so an idle deployment causes no writes. None when spec.cost is unset."""
@@ -501,4 +501,4 @@ def account(
         )
         if unchanged == previous:
             status = dict(previous)
-    return CostReport(status, judge_budget(ledger, numbers, spec.cost))
+    return CostReport(status, assess_budget(ledger, numbers, spec.cost))

@@ -13,15 +13,16 @@ from lamina_operator.spec import LLMDeploymentSpec, ModelFacts
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 SERVER_FAILURES = ("OutOfMemory", "ServerFailing")
+Condition = tuple[bool, str, str]  # status, reason, message
 
 
 @dataclass(frozen=True)
 class Conditions:
     """The three conditions' status, reason and message in one place."""
 
-    ready: tuple[bool, str, str]
-    progressing: tuple[bool, str, str]
-    degraded: tuple[bool, str, str]
+    ready: Condition
+    progressing: Condition
+    degraded: Condition
 
 
 def set_condition(
@@ -119,30 +120,17 @@ def assess_conditions(
         and observed.get("replicas", 0) == desired
     )
 
-    degraded = healthy
-    failure = _deployment_condition(deployment, "ReplicaFailure")
-    progress = _deployment_condition(deployment, "Progressing")
-    if failure is not None and failure.get("status") == "True":
-        degraded = (True, "ReplicaFailure", str(failure.get("message", "pods cannot be created")))
-    elif progress is not None and progress.get("reason") == "ProgressDeadlineExceeded":
-        degraded = (True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
-    elif (failed := server_failure(pods)) is not None:
-        degraded = (True, *failed)
-
+    degraded = _degraded(deployment, pods) or healthy
     counts = f"{ready}/{desired} replicas ready"
-    if spec.suspend:
-        done = observed.get("replicas", 0) == 0
-        return Conditions(
-            (False, "Suspended", "suspended: scaled to zero, everything else kept"),
-            (not done, "Suspending" if not done else "Suspended", counts),
-            degraded,
+    if spec.suspend or budget_hold is not None:
+        held = (
+            (False, "Suspended", "suspended: scaled to zero, everything else kept")
+            if spec.suspend
+            else (False, "OverBudget", str(budget_hold))
         )
-    if budget_hold is not None:
         done = observed.get("replicas", 0) == 0
         return Conditions(
-            (False, "OverBudget", budget_hold),
-            (not done, "Suspending" if not done else "Suspended", counts),
-            degraded,
+            held, (not done, "Suspending" if not done else "Suspended", counts), degraded
         )
     if desired == 0:
         idle = (
@@ -168,6 +156,18 @@ def assess_conditions(
             (False, degraded[1], f"{counts}; {degraded[2]}"), (True, reason, counts), degraded
         )
     return Conditions((False, reason, counts), (True, reason, counts), degraded)
+
+
+def _degraded(deployment: Manifest, pods: Sequence[Mapping[str, Any]]) -> Condition | None:
+    """Degraded=True and why, when the Deployment or its server pods say so."""
+    failure = _deployment_condition(deployment, "ReplicaFailure")
+    progress = _deployment_condition(deployment, "Progressing")
+    if failure is not None and failure.get("status") == "True":
+        return (True, "ReplicaFailure", str(failure.get("message", "pods cannot be created")))
+    if progress is not None and progress.get("reason") == "ProgressDeadlineExceeded":
+        return (True, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+    failed = server_failure(pods)
+    return None if failed is None else (True, *failed)
 
 
 def invalid_spec_conditions(message: str) -> Conditions:
