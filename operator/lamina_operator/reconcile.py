@@ -329,6 +329,8 @@ async def _converge(
 ) -> Outcome:
     """Parse, account, render, plan and carry out: the children match the spec after."""
     owner = observed.owner
+    facts: ModelFacts | None = None
+    cost: CostReport | None = None
     try:
         spec, facts = parse_spec(owner.name, observed.spec)
         listed = await kube.list_pods(owner.namespace, selector_string(owner)) if spec.cost else []
@@ -338,8 +340,9 @@ async def _converge(
         desired = render_children(owner, spec, settings.images, settings.prometheus, held_by, hold)
         missing = await _carry_out(kube, memory, plan_children(owner, desired, memory), post_event)
     except InvalidSpec as error:
-        # Children of an earlier valid spec are left serving; status says what to fix.
-        return Outcome(spec=None, invalid=invalid_spec_conditions(str(error)))
+        # Children of an earlier valid spec are left serving; status says what to fix
+        # (and, when only the API refused a child, the facts and cost found before).
+        return Outcome(None, facts, cost, invalid=invalid_spec_conditions(str(error)))
     return Outcome(spec, facts, cost, tuple(missing))
 
 
