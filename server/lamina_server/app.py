@@ -39,7 +39,7 @@ from .limits import Admission, ParseLane, json_problem
 from .maps import LoadedMap
 from .metrics import Metrics, route_label
 from .protocol import EmbeddingsRequest, Health, HiddenStatesRequest, Limits, MapInfo
-from .service import HiddenStateService, ModelFacts, dumps_json
+from .service import HiddenStateService, ModelFacts, Plan, dumps_json
 from .worker import in_worker
 
 log = logging.getLogger("lamina_server")
@@ -52,6 +52,7 @@ JSON = "application/json"
 PARSE_LANE_BYTES = 16 << 10
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+Extracted = TypeVar("Extracted")  # what a route's plan extracted, before rendering
 
 
 @dataclass
@@ -152,6 +153,22 @@ def _service(state: ServerState) -> HiddenStateService:
     return state.service
 
 
+async def _answer(
+    plan: Plan,
+    extracted: Extracted | None,
+    binary: bool,
+    as_safetensors: Callable[[Plan, Extracted], bytes] | None,
+    as_json: Callable[[Plan, Extracted], Any],
+) -> Response:
+    """The answer to a client still there (``extracted`` None: it went away), rendered
+    on the worker thread in short C calls, so that probes keep their turn."""
+    if extracted is None:
+        return Response(status_code=CLIENT_GONE)
+    if binary and as_safetensors is not None:
+        return Response(await in_worker(as_safetensors, plan, extracted), media_type=OCTET_STREAM)
+    return Response(await in_worker(json_bytes, as_json, plan, extracted), media_type=JSON)
+
+
 def build_router(state: ServerState) -> APIRouter:
     router = APIRouter()
 
@@ -176,24 +193,14 @@ def build_router(state: ServerState) -> APIRouter:
             service = _service(state)
             plan = await in_worker(service.plan_hidden_states, req)
             binary = OCTET_STREAM in request.headers.get("accept", "")
-            # Rendered on the worker thread, in short C calls: probes keep their turn.
             if plan.map is not None:
                 mapped = await cancel_on_disconnect(request, service.run_mapped(plan))
-                if mapped is None:
-                    return Response(status_code=CLIENT_GONE)
-                if binary:
-                    body = await in_worker(service.render_mapped_safetensors, plan, mapped)
-                    return Response(body, media_type=OCTET_STREAM)
-                body = await in_worker(json_bytes, service.render_mapped_json, plan, mapped)
-                return Response(body, media_type=JSON)
+                as_binary, as_json = service.render_mapped_safetensors, service.render_mapped_json
+                return await _answer(plan, mapped, binary, as_binary, as_json)
             results = await cancel_on_disconnect(request, service.run(plan))
-            if results is None:
-                return Response(status_code=CLIENT_GONE)
-            if binary:
-                body = await in_worker(service.render_safetensors, plan, results)
-                return Response(body, media_type=OCTET_STREAM)
-            body = await in_worker(json_bytes, service.render_json, plan, results)
-            return Response(body, media_type=JSON)
+            return await _answer(
+                plan, results, binary, service.render_safetensors, service.render_json
+            )
 
         return await guarded(handle)
 
@@ -208,10 +215,7 @@ def build_router(state: ServerState) -> APIRouter:
             service = _service(state)
             plan = await in_worker(service.plan_embeddings, req)
             results = await cancel_on_disconnect(request, service.run(plan))
-            if results is None:
-                return Response(status_code=CLIENT_GONE)
-            body = await in_worker(json_bytes, service.render_embeddings, plan, results)
-            return Response(body, media_type=JSON)
+            return await _answer(plan, results, False, None, service.render_embeddings)
 
         return await guarded(handle)
 
