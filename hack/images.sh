@@ -10,7 +10,12 @@
 #                                          (load does it after importing)
 #        hack/images.sh list               the image references, one a line
 #        hack/images.sh ref IMAGE          the reference of one image
-# IMAGE is one of: pause, operator, server-cpu.
+#        hack/images.sh inspect IMAGE      its configuration (buildah inspect, JSON)
+#        hack/images.sh run IMAGE CMD...   run CMD in a container of it (as its user)
+# IMAGE is one of: pause, operator, server-cpu; and, built only when asked for,
+# server-gpu: server/Dockerfile (the GPU image) on vllm-standin, a stand-in for
+# vLLM's CUDA image (which no registry here serves) made from server-cpu, so that
+# the GPU Dockerfile's own steps are built and checked here (tests/e2e).
 #
 # Caching: buildah's layer cache keys every Dockerfile step by its text and the
 # checksums of what it copies, so a warm build takes seconds and only what changed
@@ -42,12 +47,23 @@ declare -A refs=(
 	[pause]="localhost/lamina/pause:$version"
 	[operator]="$registry/lamina-operator:$version"
 	[server-cpu]="$registry/lamina-server:$version-cpu"
+	[vllm-standin]="localhost/lamina/vllm-openai-standin:$version"
+	[server-gpu]="$registry/lamina-server:$version"
 )
 declare -A dockerfiles=(
 	[pause]="$here/node/pause/Dockerfile"
 	[operator]="$repo/operator/Dockerfile"
 	[server-cpu]="$repo/server/Dockerfile.cpu"
+	[vllm-standin]="$here/vllm-standin/Dockerfile"
+	[server-gpu]="$repo/server/Dockerfile"
 )
+# What an image is built on, when not the Debian base: the build argument naming it,
+# and the image that must be built first.
+declare -A base_args=(
+	[vllm-standin]="BASE_IMAGE=${refs[server-cpu]}"
+	[server-gpu]="VLLM_IMAGE=${refs[vllm-standin]}"
+)
+declare -A built_on=([vllm-standin]=server-cpu [server-gpu]=vllm-standin)
 all=(pause operator server-cpu)
 
 bah() {
@@ -112,7 +128,7 @@ build_one() {
 	fi
 	mapfile -t mounts < <(build_mounts)
 	bah bud --quiet --layers --force-rm --isolation chroot --network host \
-		"${mounts[@]}" --build-arg "BASE_IMAGE=$(base_ref)" \
+		"${mounts[@]}" --build-arg "${base_args[$name]:-BASE_IMAGE=$(base_ref)}" \
 		-f "${dockerfiles[$name]}" -t "$ref" "$context" >"$state/$name.log" 2>&1 ||
 		{
 			tail -n 30 "$state/$name.log" >&2
@@ -123,15 +139,29 @@ build_one() {
 
 image_id() { bah images --no-trunc --quiet "$1" | head -n 1 | sed 's/^sha256://'; }
 
+# with_bases IMAGE...: each image after the images it is built on.
+with_bases() {
+	local name chain
+	for name in "$@"; do
+		chain=("$name")
+		while [[ -n ${built_on[${chain[0]}]:-} ]]; do
+			chain=("${built_on[${chain[0]}]}" "${chain[@]}")
+		done
+		echo "${chain[@]}"
+	done
+}
+
 build() {
 	mkdir -p "$state/tmp"
 	command -v buildah >/dev/null || die "buildah is missing (make cluster-tools installs it)"
 	exec 8>"$state/.lock"
 	flock 8
-	local name
-	for name in "$@"; do
+	local name done=" "
+	for name in $(with_bases "$@"); do
+		[[ $done == *" $name "* ]] && continue
 		[[ $name == pause ]] || build_base
 		build_one "$name"
+		done+="$name "
 	done
 	# Intermediate images of superseded builds would pile up (GBs for server-cpu).
 	bah rmi --prune >/dev/null 2>&1 || true
@@ -201,6 +231,17 @@ list) for n in "${all[@]}"; do echo "${refs[$n]}"; done ;;
 ref)
 	names "${1:?usage: images.sh ref IMAGE}" >/dev/null
 	echo "${refs[$1]}"
+	;;
+inspect)
+	names "${1:?usage: images.sh inspect IMAGE}" >/dev/null
+	bah inspect --type image "${refs[$1]}"
+	;;
+run)
+	names "${1:?usage: images.sh run IMAGE CMD...}" >/dev/null
+	ctr="$(bah from --pull=never --quiet "${refs[$1]}")"
+	trap 'bah rm "$ctr" >/dev/null' EXIT
+	shift
+	bah run --isolation chroot "$ctr" -- "$@"
 	;;
 *) usage ;;
 esac
