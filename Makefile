@@ -48,8 +48,15 @@ lint: venv ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: venv cluster-tools ## everything: lint, unit, cluster, server, chart tests
+test: venv cluster-tools e2e-tools ## everything: lint, unit, cluster, server, chart tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Built before pytest starts, not inside a test (cold, they take longer than pytest's
+# per-test timeout): KEDA and Prometheus (~25 min cold), the images (~15 min cold).
+.PHONY: e2e-tools
+e2e-tools: cluster-tools ## build what the end-to-end tests run: KEDA, Prometheus, the images (cached)
+	@hack/keda.sh build
+	@hack/images.sh build pause operator server-cpu server-gpu
 
 # The tests that need no cluster, no vLLM engine and no network (~30 s warm).
 UNIT_MARKERS := not cluster and not vllm and not e2e and not install

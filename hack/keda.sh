@@ -4,7 +4,8 @@
 # processes beside the control plane (no registry or Docker to ship them as images;
 # the apiserver, the pods' bridge and the Service routes are all on this host).
 #
-# Usage: hack/keda.sh up|down|status|env
+# Usage: hack/keda.sh build|up|down|status|env
+#   build   build KEDA and Prometheus (cached; needs no cluster)
 #   up      build/fetch what is missing (cached), apply KEDA's CRDs (from its module),
 #           register the external metrics API, start Prometheus and KEDA; idempotent
 #   down    stop them (the CRDs and the APIService stay, harmless without KEDA)
@@ -197,6 +198,10 @@ down() {
 
 export LAMINA_CLUSTER_PKI="${LAMINA_CLUSTER_PKI:-$cache/cluster/kwok/clusters/lamina/pki}"
 case "${1:-}" in
+build)
+	build_keda
+	build_prometheus
+	;;
 up) up ;;
 down) down ;;
 status) answers ;;
