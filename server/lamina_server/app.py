@@ -35,6 +35,7 @@ from .errors import (
     normalized_error,
     too_large,
 )
+from .http_protocol import CONNECTION_REQUESTS
 from .limits import Admission, ParseLane, json_problem
 from .maps import LoadedMap
 from .metrics import Metrics, route_label
@@ -377,11 +378,13 @@ async def check_body(scope: Scope, receive: Receive, settings: LaminaSettings) -
 class _Exchange:
     """One request as it passes through the middleware: notices a client that goes
     away, and rewrites the answer on its way out (every 4xx into the one error
-    envelope, ``Connection: close`` while draining, the engine's dtype on /v1/)."""
+    envelope, ``Connection: close`` while draining or when the connection has served
+    its share, the engine's dtype on /v1/)."""
 
-    def __init__(self, receive: Receive, send: Send, state: ServerState, path: str) -> None:
+    def __init__(self, receive: Receive, send: Send, state: ServerState, scope: Scope) -> None:
         self._receive, self._send = receive, send
-        self._state, self._path = state, path
+        self._state, self._path = state, str(scope["path"])
+        self._last_on_connection = last_on_connection(scope, state.settings)
         self.status = 500
         self.responded = False
         self.disconnected = False
@@ -413,7 +416,7 @@ class _Exchange:
         self.status = int(message["status"])
         self.responded = True
         extra = []
-        if self._state.admission.draining:
+        if self._state.admission.draining or self._last_on_connection:
             # Move keep-alive clients to another pod (uvicorn closes after this).
             extra.append(CLOSE)
         facts = self._state.facts
@@ -444,6 +447,14 @@ class _Exchange:
         await self._send({"type": "http.response.body", "body": payload})
 
 
+def last_on_connection(scope: Scope, settings: LaminaSettings) -> bool:
+    """Whether this request's answer is the last its keep-alive connection gets: kube-proxy
+    balances connections, not requests, so a client that never reconnects would never
+    reach a replica added after it connected."""
+    number = scope.get("extensions", {}).get(CONNECTION_REQUESTS, 0)
+    return bool(number >= settings.max_requests_per_connection)
+
+
 def _needs_admission(path: str) -> bool:
     return path.startswith("/v1/") and path != "/v1/models"
 
@@ -461,7 +472,7 @@ class LaminaMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        exchange = _Exchange(receive, send, self.state, scope["path"])
+        exchange = _Exchange(receive, send, self.state, scope)
         try:
             await self._serve(scope, exchange)
         except Exception:

@@ -57,6 +57,7 @@ LAMINA_FLAGS = (
     "max-chat-items",
     "max-prompt-chars",
     "max-header-bytes",
+    "max-requests-per-connection",
     "map",
 )
 
@@ -87,6 +88,9 @@ class LaminaSettings:
     # Text characters per request on the hidden-state routes, checked before tokenizing.
     max_prompt_chars: int = 1_000_000
     max_header_bytes: int = 64 * 1024  # request line + headers (uvicorn/h11)
+    # Answers on a keep-alive connection before it is closed (Connection: close), so
+    # that clients holding one (SDKs do) reconnect and reach pods added since.
+    max_requests_per_connection: int = 100
     # Alignment maps to load at start: (name, path of a `lamina align fit` file).
     maps: tuple[tuple[str, str], ...] = ()
     api_key: str | None = None
@@ -185,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-chars", type=_positive_int, default=d.max_prompt_chars)
     p.add_argument("--max-header-bytes", type=parse_size, default=d.max_header_bytes)
     p.add_argument(
+        "--max-requests-per-connection",
+        type=_positive_int,
+        default=d.max_requests_per_connection,
+        help="close a keep-alive connection after this many answers (clients reconnect "
+        "and reach new replicas)",
+    )
+    p.add_argument(
         "--map",
         type=parse_map_flag,
         action="append",
@@ -279,6 +290,7 @@ def parse_command_line(
         max_chat_items=ns.max_chat_items,
         max_prompt_chars=ns.max_prompt_chars,
         max_header_bytes=ns.max_header_bytes,
+        max_requests_per_connection=ns.max_requests_per_connection,
         maps=tuple(pair for given in ns.map for pair in given),
         api_key=env.get("LAMINA_API_KEY") or None,
         log_format=ns.log_format,
