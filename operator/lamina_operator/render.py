@@ -130,6 +130,7 @@ def server_args(spec: LLMDeploymentSpec) -> list[str]:
         f"--max-prompt-chars={hs.limits.max_prompt_chars}",
         f"--max-chat-items={hs.limits.max_chat_items}",
         f"--max-header-bytes={hs.limits.max_header_bytes}",
+        f"--max-requests-per-connection={spec.service.max_requests_per_connection}",
         f"--drain-timeout-seconds={drain_timeout_seconds(spec)}",
     ]
     if hs.allowed_layers:

@@ -529,6 +529,15 @@ class ServiceSpec(ApiModel):
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations of the Service."
     )
+    max_requests_per_connection: int = Field(
+        default=100,
+        ge=1,
+        le=1000000,
+        description="Answers a server gives on one keep-alive connection before closing "
+        "it (Connection: close). The Service balances connections, not requests: clients "
+        "that keep theirs (the OpenAI SDKs do) reach replicas added since only when they "
+        "reconnect.",
+    )
 
 
 class ProbesSpec(ApiModel):

@@ -114,23 +114,19 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 class Load:
     """Requests sent without pause by ``workers`` threads until stopped; every
     outcome is counted (status code, or the exception's class name). Each worker
-    holds one keep-alive connection, as an SDK would, unless ``keep_alive`` is off."""
+    holds one keep-alive connection, as an SDK would."""
 
     url: str
     body: dict[str, Any]
     headers: dict[str, str]
     workers: int = 4
-    # False: a new connection per request (curl, short jobs). Kept-alive connections
-    # stay with the pod they first reached (kube-proxy balances connections).
-    keep_alive: bool = True
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _worker(self) -> None:
-        limits = httpx.Limits(max_keepalive_connections=None if self.keep_alive else 0)
-        with httpx.Client(headers=self.headers, timeout=120, limits=limits) as client:
+        with httpx.Client(headers=self.headers, timeout=120) as client:
             while not self._stop.is_set():
                 try:
                     code = str(client.post(self.url, json=self.body).status_code)

@@ -149,6 +149,9 @@ def the_manifest(model: str) -> dict[str, Any]:
     spec["model"]["name"] = model
     spec["model"]["servedName"] = SERVED
     spec["modelCache"] = {"persistentVolumeClaim": "models"}
+    # The load keeps its connections, as SDKs do: they reach a new pod when the old
+    # one closes them after its share of answers.
+    spec.setdefault("service", {})["maxRequestsPerConnection"] = 10
     spec["autoscaling"] = {
         "enabled": True,
         "minReplicas": 1,
@@ -205,14 +208,8 @@ def _scaled(
 
 
 def _load(scaled: Scaled, workers: int) -> Load:
-    # New connections reach new pods; kept-alive ones stay where they are (README).
-    return Load(
-        url=f"{scaled.url}/v1/hidden_states",
-        body=PROMPTS,
-        headers={},
-        workers=workers,
-        keep_alive=False,
-    )
+    """``workers`` clients sending without pause, each on its own keep-alive connection."""
+    return Load(url=f"{scaled.url}/v1/hidden_states", body=PROMPTS, headers={}, workers=workers)
 
 
 def _requests_served(pod: dict[str, Any]) -> float:
