@@ -48,7 +48,8 @@ declare -A refs=(
 	[operator]="$registry/lamina-operator:$version"
 	[server-cpu]="$registry/lamina-server:$version-cpu"
 	[vllm-standin]="localhost/lamina/vllm-openai-standin:$version"
-	[server-gpu]="$registry/lamina-server:$version"
+	# not the published name: its base is a stand-in, it is built to be checked
+	[server-gpu]="localhost/lamina/lamina-server:$version-standin-base"
 )
 declare -A dockerfiles=(
 	[pause]="$here/node/pause/Dockerfile"
