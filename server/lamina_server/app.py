@@ -157,15 +157,15 @@ def _service(state: ServerState) -> HiddenStateService:
 async def _answer(
     plan: Plan,
     extracted: Extracted | None,
-    binary: bool,
-    as_safetensors: Callable[[Plan, Extracted], bytes] | None,
     as_json: Callable[[Plan, Extracted], Any],
+    as_safetensors: Callable[[Plan, Extracted], bytes] | None = None,
 ) -> Response:
-    """The answer to a client still there (``extracted`` None: it went away), rendered
-    on the worker thread in short C calls, so that probes keep their turn."""
+    """The answer to a client still there (``extracted`` None: it went away): safetensors
+    when ``as_safetensors`` is given (the client asked for it), else JSON; rendered on the
+    worker thread in short C calls, so that probes keep their turn."""
     if extracted is None:
         return Response(status_code=CLIENT_GONE)
-    if binary and as_safetensors is not None:
+    if as_safetensors is not None:
         return Response(await in_worker(as_safetensors, plan, extracted), media_type=OCTET_STREAM)
     return Response(await in_worker(json_bytes, as_json, plan, extracted), media_type=JSON)
 
@@ -196,12 +196,11 @@ def build_router(state: ServerState) -> APIRouter:
             binary = OCTET_STREAM in request.headers.get("accept", "")
             if plan.map is not None:
                 mapped = await cancel_on_disconnect(request, service.run_mapped(plan))
-                as_binary, as_json = service.render_mapped_safetensors, service.render_mapped_json
-                return await _answer(plan, mapped, binary, as_binary, as_json)
+                as_binary = service.render_mapped_safetensors if binary else None
+                return await _answer(plan, mapped, service.render_mapped_json, as_binary)
             results = await cancel_on_disconnect(request, service.run(plan))
-            return await _answer(
-                plan, results, binary, service.render_safetensors, service.render_json
-            )
+            as_safetensors = service.render_safetensors if binary else None
+            return await _answer(plan, results, service.render_json, as_safetensors)
 
         return await guarded(handle)
 
@@ -216,7 +215,7 @@ def build_router(state: ServerState) -> APIRouter:
             service = _service(state)
             plan = await in_worker(service.plan_embeddings, req)
             results = await cancel_on_disconnect(request, service.run(plan))
-            return await _answer(plan, results, False, None, service.render_embeddings)
+            return await _answer(plan, results, service.render_embeddings)
 
         return await guarded(handle)
 

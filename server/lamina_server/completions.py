@@ -134,15 +134,19 @@ class CompletionsHiddenStates:
             if raw is None:
                 return  # the client went away before sending the body
             body = self._parsed(path, raw)
-            if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
-                await self.app(scope, replay_body(raw, receive, self.state.lane), send)
-                return
-            option = body.pop(FIELD, None)
-            legacy_layer = body.pop(LEGACY_LAYER, None)
-            forward = replay_body(orjson.dumps(body), receive, self.state.lane)
-            if option is False or option is None:
-                await self.app(scope, forward, send)
-                return
+        except LaminaError as e:
+            await error_response(e)(scope, receive, send)
+            return
+        if not isinstance(body, dict) or not ({FIELD, LEGACY_LAYER} & body.keys()):
+            await self.app(scope, replay_body(raw, receive, self.state.lane), send)
+            return
+        option = body.pop(FIELD, None)
+        legacy_layer = body.pop(LEGACY_LAYER, None)
+        forward = replay_body(orjson.dumps(body), receive, self.state.lane)
+        if option is False or option is None:
+            await self.app(scope, forward, send)
+            return
+        try:
             if legacy_layer is not None:
                 option = legacy_option(option, legacy_layer)
             service, plan = await self._plan(path, body, option)
